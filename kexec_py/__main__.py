@@ -1,0 +1,3 @@
+from kexec_py.main import main
+
+main()

@@ -1,0 +1,112 @@
+"""Backends: what kexec-py talks to.
+
+``linux`` is the running kernel (``syscall.py`` plus /proc and /sys under
+a root directory).  ``model`` is an in-process model of a kernel with the
+multi-stage load patch, whose state lives in a file so that separate
+invocations see one kernel.  Both implement :class:`Backend`; nothing above
+this package knows which one it has.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from kexec_py.procfs import PageMap
+from kexec_py.ranges import MemRegion
+from kexec_py.segments import Segment
+
+
+@dataclass
+class Status:
+    """What ``kexec-py status`` reports.  ``None`` means "cannot tell"."""
+
+    backend: str
+    kernel: str | None = None
+    loaded: bool | None = None
+    crash_loaded: bool | None = None
+    crash_size: int | None = None
+    #: "yes", "no" (ENOSYS) or "unknown: <why>"
+    kexec_load: str = "unknown"
+    kexec_file_load: str = "unknown"
+    #: True when /proc/kexec_pgmap exists (multi-stage load protocol)
+    staged: bool = False
+    lockdown: str | None = None
+    load_disabled: bool | None = None
+    load_limits: dict[str, int] = field(default_factory=dict)
+    cap_sys_boot: bool | None = None
+    #: each reason why a load would fail here, in words for the operator
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backend(Protocol):
+    """The kernel interface kexec-py needs.
+
+    Every method raises :class:`kexec_py.errors.KexecError` (usually
+    ``SyscallError``) on failure and never leaves a half-loaded image:
+    that is the caller's job for staged loads (``unload`` after an error).
+    """
+
+    name: str
+    root: Path
+
+    def kexec_load(self, entry: int, segments: Sequence[Segment], flags: int) -> None: ...
+
+    def kexec_file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes | None,
+                        flags: int) -> None: ...
+
+    def reboot_kexec(self) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def status(self) -> Status: ...
+
+    def memory_map(self) -> list[MemRegion]: ...
+
+    def cmdline(self) -> str: ...
+
+    def staged_supported(self) -> bool: ...
+
+    def pgmap(self) -> PageMap: ...
+
+    def close(self) -> None: ...
+
+
+def auto_backend(root: Path) -> str:
+    """``linux`` when the kernel under ``root`` has a kexec interface
+    (``/sys/kernel/kexec_loaded``), else ``model``."""
+    return "linux" if (root / "sys/kernel/kexec_loaded").exists() else "model"
+
+
+def open_backend(name: str, root: Path, options: dict[str, Any] | None = None) -> Backend:
+    """Instantiate a backend by name; imports only the one chosen."""
+    opts = options or {}
+    if name == "linux":
+        from kexec_py.backends.linux import LinuxBackend
+
+        return LinuxBackend(root)
+    if name == "model":
+        from kexec_py.backends.model import ModelBackend
+
+        return ModelBackend(root, **opts)
+    raise ValueError(f"unknown backend {name!r}")
+
+
+def has_cap_sys_boot(status_text: str | None) -> bool | None:
+    """Whether ``CapEff`` in /proc/self/status has CAP_SYS_BOOT (bit 22)."""
+    if status_text is None:
+        return None
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> 22 & 1)
+    return None
+
+
+def effective_uid() -> int:
+    return os.geteuid()

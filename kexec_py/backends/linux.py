@@ -1,0 +1,167 @@
+"""The running Linux kernel as a backend.
+
+System calls go through :mod:`kexec_py.syscall`; state comes from /proc and
+/sys under ``root``.  EPERM is explained from what the kernel exposes
+(lockdown, kexec_load_disabled, the load limits, CAP_SYS_BOOT).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+from kexec_py import abi, procfs, syscall
+from kexec_py.backends import Status, has_cap_sys_boot
+from kexec_py.errors import KexecError, SyscallError, UnsupportedError
+from kexec_py.procfs import PageMap
+from kexec_py.ranges import MemRegion
+from kexec_py.segments import Segment
+
+#: a flag bit no kernel defines: kexec_load answers EINVAL (present) or
+#: ENOSYS (absent) before it looks at anything else
+_PROBE_BAD_FLAG = 0x8000
+
+
+class LinuxBackend:
+    name = "linux"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.arch = abi.host_abi()
+
+    # --- why EPERM ------------------------------------------------------------
+
+    def eperm_reasons(self) -> list[str]:
+        """Every reason this kernel would refuse a load with EPERM."""
+        reasons: list[str] = []
+        cap = has_cap_sys_boot(procfs.read_text(self.root, "proc/self/status"))
+        if cap is False:
+            reasons.append("this process lacks CAP_SYS_BOOT: run as root")
+        if procfs.kexec_load_disabled(self.root):
+            reasons.append("kernel.kexec_load_disabled is 1: kexec is off until reboot")
+        lock = procfs.lockdown(self.root)
+        if lock in ("integrity", "confidentiality"):
+            reasons.append(f"the kernel is locked down ({lock}): kexec_load is refused and "
+                           "kexec_file_load needs a signed kernel")
+        for which, left in procfs.kexec_load_limits(self.root).items():
+            if left == 0:
+                reasons.append(f"kernel.kexec_load_limit_{which} is 0: no load left")
+        return reasons
+
+    def _refine(self, e: SyscallError) -> SyscallError:
+        if e.errno == errno.EPERM:
+            reasons = self.eperm_reasons()
+            if reasons:
+                e.hint = "; ".join(reasons)
+        return e
+
+    # --- the calls --------------------------------------------------------------
+
+    def kexec_load(self, entry: int, segments: Sequence[Segment], flags: int) -> None:
+        try:
+            syscall.kexec_load(entry, segments, flags | self.arch.kexec_arch
+                               if flags & abi.KEXEC_ARCH_MASK == 0 else flags, self.arch)
+        except SyscallError as e:
+            raise self._refine(e) from None
+
+    def kexec_file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes | None,
+                        flags: int) -> None:
+        try:
+            syscall.kexec_file_load(kernel_fd, initrd_fd, cmdline, flags, self.arch)
+        except SyscallError as e:
+            raise self._refine(e) from None
+
+    def reboot_kexec(self) -> None:
+        try:
+            syscall.reboot_kexec(self.arch)
+        except SyscallError as e:
+            raise self._refine(e) from None
+
+    def sync(self) -> None:
+        syscall.sync()
+
+    # --- state ------------------------------------------------------------------
+
+    def _probe(self, which: str) -> str:
+        """Whether a syscall exists, by calling it so that it must fail
+        without side effects (a bad fd or an undefined flag)."""
+        if self.root != Path("/"):
+            return "unknown: --root is not /"
+        if which == "kexec_file_load" and self.arch.kexec_file_load is None:
+            return "no"
+        try:
+            if which == "kexec_load":
+                syscall.kexec_load(0, [], _PROBE_BAD_FLAG, self.arch)
+            else:
+                syscall.kexec_file_load(-1, -1, None, 0, self.arch)
+        except SyscallError as e:
+            if e.errno == errno.ENOSYS:
+                return "no"
+            if e.errno == errno.EPERM:
+                return "yes (but not permitted)"
+            return "yes"
+        return "yes"
+
+    def status(self) -> Status:
+        r = self.root
+        st = Status(
+            backend=self.name,
+            kernel=platform.release() if r == Path("/") else None,
+            loaded=procfs.kexec_loaded(r),
+            crash_loaded=procfs.kexec_crash_loaded(r),
+            crash_size=procfs.kexec_crash_size(r),
+            staged=procfs.pgmap_supported(r),
+            lockdown=procfs.lockdown(r),
+            load_disabled=procfs.kexec_load_disabled(r),
+            load_limits=procfs.kexec_load_limits(r),
+            cap_sys_boot=has_cap_sys_boot(procfs.read_text(r, "proc/self/status")),
+        )
+        limits_set = any(v >= 0 for v in st.load_limits.values())
+        if limits_set:
+            # probing would use up one of the limited loads
+            st.kexec_load = st.kexec_file_load = "unknown: kexec_load_limit is set"
+        else:
+            st.kexec_load = self._probe("kexec_load")
+            st.kexec_file_load = self._probe("kexec_file_load")
+        st.problems = self.eperm_reasons()
+        if st.loaded is None:
+            st.problems.append("no /sys/kernel/kexec_loaded: this kernel has no kexec")
+        if st.kexec_load == "no" and st.kexec_file_load == "no":
+            st.problems.append("neither kexec_load nor kexec_file_load exists in this kernel")
+        return st
+
+    def memory_map(self) -> list[MemRegion]:
+        return procfs.memory_map(self.root)
+
+    def cmdline(self) -> str:
+        c = procfs.cmdline(self.root)
+        if c is None:
+            raise KexecError(f"cannot read {self.root / 'proc/cmdline'}", "mount /proc")
+        return c
+
+    def staged_supported(self) -> bool:
+        return procfs.pgmap_supported(self.root)
+
+    def pgmap(self) -> PageMap:
+        try:
+            data = procfs.read_pgmap_bytes(self.root)
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                raise KexecError("/proc/kexec_pgmap: no kexec image is loaded (ENODEV)",
+                                 "load an image first") from None
+            raise KexecError(f"cannot read /proc/kexec_pgmap: {os.strerror(e.errno or 0)}",
+                             "run as root") from None
+        if data is None:
+            raise UnsupportedError(
+                "this kernel has no /proc/kexec_pgmap: it does not speak the multi-stage "
+                "load protocol",
+                "boot a kernel with the kexec multi-stage load patch (see kernel/ in the "
+                "kexec-py sources), or use --backend model",
+            )
+        return procfs.parse_pgmap(data)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,259 @@
+"""The command line.  The only module that prints, exits, or maps errors
+to exit codes: 0 ok, 1 runtime error (``error: ...`` and ``hint: ...`` on
+stderr), 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from kexec_py import __version__
+from kexec_py.backends import Backend, auto_backend, open_backend
+from kexec_py.errors import KexecError
+from kexec_py.output import emit_json, hexint, info
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass
+class Ctx:
+    """What the global options gave every command."""
+
+    backend_name: str
+    root: Path
+    json: bool
+    verbose: int
+    model_options: dict[str, Any] = field(default_factory=dict)
+    _backend: Backend | None = None
+
+    def backend(self) -> Backend:
+        if self._backend is None:
+            name = self.backend_name
+            if name == "auto":
+                name = auto_backend(self.root)
+                if name == "model":
+                    info(f"note: {self.root / 'sys/kernel/kexec_loaded'} is missing, so this "
+                         "kernel has no kexec: using the model backend")
+            self._backend = open_backend(name, self.root,
+                                         self.model_options if name == "model" else None)
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+    def log(self, level: int, msg: str) -> None:
+        if self.verbose >= level:
+            info(msg)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KEXEC_PY",
+           "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="kexec-py",
+                      message="%(prog)s %(version)s")
+@click.option("--backend", type=click.Choice(["auto", "linux", "model"]), default="auto",
+              show_default=True, show_envvar=True,
+              help="What to talk to: the running kernel (linux) or the in-process model of "
+                   "a kernel with the multi-stage load patch; auto picks linux when the "
+                   "kernel has kexec.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+              show_default=True, show_envvar=True,
+              help="Read /proc and /sys (and keep the lock) under this directory.")
+@click.option("--json", "as_json", is_flag=True, show_envvar=True,
+              help="Machine-readable output on stdout.")
+@click.option("-v", "--verbose", count=True, help="More detail on stderr; -vv shows every "
+              "system call with its arguments.")
+@click.option("--model-state", type=click.Path(dir_okay=False, path_type=Path),
+              show_envvar=True,
+              help="State file of the model backend (default: under $XDG_RUNTIME_DIR, or "
+                   "ROOT/run/kexec-py).")
+@click.option("--model-kernel", type=click.Choice(["patched", "stock-6.1", "stock-6.6"]),
+              default="patched", show_default=True, show_envvar=True,
+              help="Which kernel the model backend behaves like.")
+@click.pass_context
+def cli(ctx: click.Context, backend: str, root: Path, as_json: bool, verbose: int,
+        model_state: Path | None, model_kernel: str) -> None:
+    """kexec-py: load and boot another kernel, or a hibernation image, from userspace."""
+    opts: dict[str, Any] = {"kernel": model_kernel}
+    if model_state is not None:
+        opts["state_path"] = model_state
+    c = Ctx(backend, root, as_json, verbose, opts)
+    ctx.obj = c
+    ctx.call_on_close(c.close)
+
+
+# --- status --------------------------------------------------------------------
+
+
+def _yn(x: bool | None) -> str:
+    return "unknown" if x is None else ("yes" if x else "no")
+
+
+@cli.command()
+@pass_ctx
+def status(c: Ctx) -> None:
+    """Report what is loaded and what this kernel allows.
+
+    Says why a load would fail here (no CAP_SYS_BOOT, kexec_load_disabled,
+    lockdown, load limits, missing system calls) before you try.
+    """
+    st = c.backend().status()
+    if c.json:
+        emit_json(st.to_json())
+        return
+    lines = [
+        ("backend", st.backend),
+        ("kernel", st.kernel or "unknown"),
+        ("loaded", _yn(st.loaded)),
+        ("crash loaded", _yn(st.crash_loaded)),
+        ("crash size", hexint(st.crash_size)),
+        ("kexec_load", st.kexec_load),
+        ("kexec_file_load", st.kexec_file_load),
+        ("staged load", "yes (/proc/kexec_pgmap)" if st.staged else "no"),
+        ("lockdown", st.lockdown or "none"),
+        ("kexec_load_disabled", _yn(st.load_disabled)),
+        ("CAP_SYS_BOOT", _yn(st.cap_sys_boot)),
+    ]
+    for k, v in st.load_limits.items():
+        lines.append((f"kexec_load_limit_{k}", "unlimited" if v < 0 else str(v)))
+    width = max(len(k) for k, _ in lines)
+    out = [f"{k + ':':<{width + 1}} {v}" for k, v in lines]
+    for p in st.problems:
+        out.append(f"problem: {p}")
+    click.echo("\n".join(out))
+
+
+# --- load ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("kernel", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--initrd", "--ramdisk", "initrd", type=click.Path(dir_okay=False, path_type=Path),
+              help="Initial ramdisk to pass to the new kernel.")
+@click.option("--append", "--command-line", "append", metavar="TEXT",
+              help="Command line for the new kernel.")
+@click.option("--reuse-cmdline", is_flag=True,
+              help="Start from this kernel's /proc/cmdline (without BOOT_IMAGE=, and "
+                   "crashkernel= with -p); --append adds or replaces parameters.")
+@click.option("-p", "--crash", "--load-panic", "crash", is_flag=True,
+              help="Load a crash kernel, booted on panic.")
+@click.option("-s", "--file-syscall", "use_file", is_flag=True,
+              help="Use kexec_file_load(2) only.")
+@pass_ctx
+def load(c: Ctx, kernel: Path, initrd: Path | None, append: str | None, reuse_cmdline: bool,
+         crash: bool, use_file: bool) -> None:
+    """Load KERNEL to be booted by 'exec' (or on panic with -p)."""
+    from kexec_py import loader, procfs
+
+    cmdline = append
+    if reuse_cmdline:
+        cmdline = procfs.reuse_cmdline(c.backend().cmdline(), append, crash)
+    req = loader.LoadRequest(kernel=kernel, initrd=initrd, cmdline=cmdline, crash=crash,
+                             syscall="file" if use_file else "file")
+    be = c.backend()
+    c.log(2, f"kexec_file_load({kernel}, {initrd}, {cmdline!r})")
+    res = loader.load_file(be, req)
+    if c.json:
+        emit_json({"loaded": True, "crash": crash, "syscall": res.syscall,
+                   "flags": res.flags, "kernel": res.kernel, "initrd": res.initrd,
+                   "cmdline": res.cmdline})
+    else:
+        what = "crash kernel" if crash else "kernel"
+        info(f"loaded {what} {kernel} with {res.syscall}")
+
+
+# --- exec / unload -------------------------------------------------------------
+
+
+@cli.command("exec")
+@click.option("--no-sync", is_flag=True, help="Do not sync file systems first.")
+@pass_ctx
+def exec_(c: Ctx, no_sync: bool) -> None:
+    """Boot the loaded kernel now (like 'kexec -e').
+
+    Returns only when the kernel refuses, or after a kernel loaded with
+    --load-preserve-context jumped back.
+    """
+    be = c.backend()
+    st = be.status()
+    if st.loaded is False:
+        raise KexecError("no kernel is loaded", "run 'kexec-py load KERNEL' first")
+    if not no_sync:
+        c.log(1, "syncing file systems")
+        be.sync()
+    c.log(2, "reboot(LINUX_REBOOT_CMD_KEXEC)")
+    be.reboot_kexec()
+    if c.json:
+        emit_json({"executed": True, "returned": True})
+    else:
+        info("returned from the loaded kernel (kexec jump)")
+
+
+@cli.command()
+@click.option("-p", "--crash", "--load-panic", "crash", is_flag=True,
+              help="Unload the crash kernel instead.")
+@pass_ctx
+def unload(c: Ctx, crash: bool) -> None:
+    """Unload the loaded kernel (like 'kexec -u')."""
+    from kexec_py import loader
+
+    how = loader.unload(c.backend(), crash)
+    if c.json:
+        emit_json({"unloaded": True, "crash": crash, "syscall": how})
+    else:
+        info(f"unloaded the {'crash ' if crash else ''}kernel")
+
+
+# --- running -----------------------------------------------------------------------
+
+
+def _fail(e: KexecError, as_json: bool) -> NoReturn:
+    sys.stderr.write(f"error: {e.message}\n")
+    if e.hint:
+        sys.stderr.write(f"hint: {e.hint}\n")
+    if as_json:
+        emit_json({"error": e.message, "hint": e.hint, "exit": e.exit_code})
+    sys.exit(e.exit_code)
+
+
+def run(args: list[str]) -> NoReturn:
+    """Run the CLI with ``args`` and exit with its status."""
+    as_json = "--json" in args or os.environ.get("KEXEC_PY_JSON", "").lower() in ("1", "true")
+    try:
+        rv = cli.main(args=args, prog_name="kexec-py", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else EXIT_ERROR)
+    except click.Abort:
+        sys.stderr.write("error: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    except KexecError as e:
+        _fail(e, as_json)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        sys.exit(EXIT_ERROR)
+    except Exception as e:  # a bug: say so plainly, the traceback only with -v
+        if "-v" in args or "-vv" in args or "--verbose" in args:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"error: internal error: {type(e).__name__}: {e}\n"
+                         "hint: this is a bug in kexec-py; run again with -v and report the "
+                         "traceback\n")
+        sys.exit(EXIT_ERROR)
+    sys.exit(rv if isinstance(rv, int) else EXIT_OK)
