@@ -70,7 +70,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KEXEC_P
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
               show_default=True, show_envvar=True,
               help="Read /proc and /sys (and keep the lock) under this directory.")
-@click.option("--json", "as_json", is_flag=True, show_envvar=True,
+@click.option("--json", "as_json", is_flag=True, envvar="KEXEC_PY_JSON", show_envvar=True,
               help="Machine-readable output on stdout.")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr; -vv shows every "
               "system call with its arguments.")
