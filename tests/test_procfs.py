@@ -88,7 +88,8 @@ def test_simple_readers(tmp_path: Path) -> None:
         ("root=/dev/sda1 console=tty0", "console=ttyS0", False, "root=/dev/sda1 console=ttyS0"),
         ("root=/dev/sda1 crashkernel=256M", "irqpoll", True, "root=/dev/sda1 irqpoll"),
         ("root=/dev/sda1 crashkernel=256M", None, False, "root=/dev/sda1 crashkernel=256M"),
-        ('root=/dev/sda1 dyndbg="file x +p" ro', "ro", False, 'root=/dev/sda1 dyndbg="file x +p" ro'),
+        ('root=/dev/sda1 dyndbg="file x +p" ro', "ro", False,
+         'root=/dev/sda1 dyndbg="file x +p" ro'),
         ("", "a=1", False, "a=1"),
     ],
 )
