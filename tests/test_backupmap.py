@@ -293,3 +293,52 @@ def test_parameter_builder_picks_the_encoding() -> None:
     assert (0x1000000, 0x30000000, P) in core.loads
     lay_raw = bm.plan_window(MEMMAP, Range(0x1000000, 0x2000000), "raw")
     assert bm.parameter_builder(lay_raw, MEMMAP)(m)[:8] == b"KXPYBMAP"
+
+
+# --- /proc/vmcore as a stock kernel builds it from the header ----------------------------
+
+
+def test_vmcore_view_of_a_backup_map() -> None:
+    """Physical memory after a jump, the elfcorehdr in it, and /proc/vmcore
+    built from them: the file parses as an image whose every PT_LOAD holds
+    the original memory."""
+    from kexec_py.formats.vmcore import parse_core
+    from kexec_py.hibernate import VmcoreView
+
+    size = 0x400000
+    rnd = random.Random(5)
+    original = bytearray(rnd.randbytes(size))
+    note_bytes = struct.pack("<III", 5, 4, 1) + b"CORE\0\0\0\0" + b"abcd"
+    original[0x200000:0x200000 + len(note_bytes) + 12] = note_bytes + bytes(12)  # A's CPU note
+    ram = [Range(0x1000, 0x9FC00), Range(0x100000, size)]
+    moved = {0x120 + i: 0x300 + 2 * i for i in range(16)}  # dst pfn -> src pfn
+    phys = bytearray(original)
+    for d, s in moved.items():  # the swap at the jump
+        phys[d * P:(d + 1) * P], phys[s * P:(s + 1) * P] = \
+            original[s * P:(s + 1) * P], original[d * P:(d + 1) * P]
+    hdr_addr = 0x3F0000  # a page of the loaded kernel, loaded in place
+    hdr = bm.build_elfcorehdr(ram, pm(list(moved.items())), addr=hdr_addr,
+                              window=Range(0x100000, 0x200000),
+                              notes=[bm.NoteArea(0x200000, 0x200, "cpu0")])
+    phys[hdr_addr:hdr_addr + len(hdr)] = hdr
+
+    def read(addr: int, n: int) -> bytes:
+        return bytes(phys[addr:addr + n])
+
+    view = VmcoreView(read, hdr_addr, len(hdr))
+    data = view.read(0, view.size)
+    assert len(data) == view.size and view.data_start % P == 0
+    img = parse_core(data, "/proc/vmcore")
+    assert [(n.name, n.type) for n in img.notes] == [("KEXEC_PY", 2), ("CORE", 1)]
+    srcs = set(moved.values())
+    for seg in img.segments():
+        for off in range(0, seg.memsz, P):
+            page = (seg.mem + off) // P
+            got = bytes(seg.buf[off:off + P]) if seg.buf is not None else b""
+            want = bytes(original[page * P:(page + 1) * P])
+            end = min(P, seg.bufsz - off)
+            if page not in srcs and page != hdr_addr // P:
+                assert got[:end] == want[:end], f"page {page:#x}"
+    # reads at odd offsets and sizes agree with one big read
+    for off in (0, 1, view.data_start - 3, view.data_start + 5, view.size - 7):
+        assert view.read(off, 11) == data[off:off + 11]
