@@ -121,3 +121,64 @@ def align_up(x: int, a: int) -> int:
 
 def align_down(x: int, a: int) -> int:
     return x // a * a
+
+
+# --- hole finding ----------------------------------------------------------------
+
+#: one past the highest physical address a 64-bit kernel can name
+ADDR_LIMIT = 1 << 64
+
+
+def window(mem_min: int = 0, mem_max: int | None = None) -> Range:
+    """The placement window of ``--mem-min``/``--mem-max`` as ``[start, end)``.
+
+    ``mem_max`` is the highest usable address, inclusive, as kexec-tools
+    takes it (``--mem-max=0x3fffffff`` ends the window at 1 GiB); None means
+    no upper bound.
+    """
+    end = ADDR_LIMIT if mem_max is None else mem_max + 1
+    if mem_min < 0 or end <= mem_min:
+        raise ValueError(f"empty window: mem_min {mem_min:#x}, mem_max {mem_max!r}")
+    return Range(mem_min, min(end, ADDR_LIMIT))
+
+
+def free_ranges(ram: Iterable[Range], used: Iterable[Range],
+                within: Range | None = None) -> list[Range]:
+    """``ram`` minus ``used``, clipped to ``within``: merged, sorted.
+
+    Post-conditions: the result ranges are disjoint, non-empty, sorted, and
+    each lies in one range of ``ram`` and outside every range of ``used``.
+    """
+    free = subtract(ram, used)
+    if within is None:
+        return free
+    return [r for f in free if (r := f.intersect(within)) is not None]
+
+
+def find_hole(free: Sequence[Range], size: int, align: int = PAGE_SIZE, lo: int = 0,
+              hi: int = ADDR_LIMIT, top_down: bool = True) -> int | None:
+    """The start ``s`` of a hole ``[s, s + size)`` for a buffer, or None.
+
+    Pre-conditions: ``free`` is sorted and disjoint (as :func:`free_ranges`
+    returns it), ``size > 0``, ``align`` is a power of two.
+    Post-conditions: ``s % align == 0``, ``lo <= s``, ``s + size <= hi`` and
+    ``[s, s + size)`` lies inside one range of ``free``.  Top-down gives the
+    highest such ``s`` (kexec-tools' ``locate_hole`` with ``hole_end < 0``),
+    bottom-up the lowest (``hole_end > 0``).
+    """
+    if size <= 0:
+        raise ValueError(f"hole size must be positive, not {size}")
+    if align <= 0 or align & (align - 1):
+        raise ValueError(f"alignment must be a power of two, not {align:#x}")
+    order = reversed(free) if top_down else iter(free)
+    for r in order:
+        start, end = max(r.start, lo), min(r.end, hi)
+        if top_down:
+            s = align_down(end - size, align)
+            if end - size >= 0 and s >= start:
+                return s
+        else:
+            s = align_up(start, align)
+            if s + size <= end:
+                return s
+    return None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from kexec_py.abi import KEXEC_SEGMENT_MAX, PAGE_SIZE
 from kexec_py.errors import PlanError
+from kexec_py.ranges import ADDR_LIMIT, Range, find_hole, free_ranges, merge
 
 #: anything the buffer protocol accepts and ``len()`` measures in bytes
 Buffer = bytes | bytearray | memoryview
@@ -68,17 +69,37 @@ def page_align_down(x: int) -> int:
     return x & ~(PAGE_SIZE - 1)
 
 
+#: x86_64 ``KEXEC_DESTINATION_MEMORY_LIMIT`` (``MAXMEM - 1`` with 4-level paging)
+X86_64_DESTINATION_LIMIT = (1 << 46) - 1
+
+
+def _pages(nbytes: int) -> int:
+    """The kernel's ``PAGE_COUNT()``: whole pages needed for ``nbytes``."""
+    return (nbytes + PAGE_SIZE - 1) // PAGE_SIZE
+
+
 def check_segments(segments: Sequence[Segment], ram_bytes: int | None = None,
                    limit: int | None = None, crash_region: tuple[int, int] | None = None,
                    max_segments: int = KEXEC_SEGMENT_MAX) -> None:
-    """Refuse what ``sanity_check_segment_list()`` refuses, with its errno.
+    """Refuse what ``kexec_load`` refuses for one call, with its errno.
+
+    The rules and their order are those of ``kexec_load_check()`` (more than
+    ``KEXEC_SEGMENT_MAX`` segments) and ``sanity_check_segment_list()``
+    (kernel/kexec_core.c, 6.1): first every segment's addresses (wrap-around,
+    page alignment, ``end >= limit``: EADDRNOTAVAIL), then overlap (EINVAL),
+    then ``bufsz > memsz`` (EINVAL), then "more than half of RAM" per segment
+    and in total (EINVAL), then the crash region (EADDRNOTAVAIL).  When a
+    list breaks several rules, the error is the one the kernel reports.
+
+    ``ram_bytes`` enables the half-of-RAM rule (the kernel counts
+    ``totalram_pages()``, a little less than the firmware's RAM, so it may
+    refuse a list this check lets through); ``limit`` is the architecture's
+    ``KEXEC_DESTINATION_MEMORY_LIMIT`` (refused: ``end >= limit``);
+    ``crash_region`` is ``[start, end)`` of the crashkernel= reservation,
+    inside which every segment of a crash load must lie.
 
     Pre-conditions: none.  Post-conditions: when it returns, the kernel's
-    own checks of one kexec_load call would pass (as far as they can be
-    known from userspace).  ``ram_bytes`` enables the "more than half of
-    RAM" rule; ``limit`` is the highest usable destination (exclusive);
-    ``crash_region`` is ``[start, end)`` of the crashkernel= reservation,
-    inside which every segment must lie for a crash load.
+    own checks of one kexec_load call pass, as far as userspace can know.
     """
     if len(segments) > max_segments:
         raise PlanError(
@@ -87,18 +108,34 @@ def check_segments(segments: Sequence[Segment], ram_bytes: int | None = None,
             errno.EINVAL,
         )
     for seg in segments:
+        if seg.mem < 0 or seg.memsz < 0 or seg.end >= 1 << 64:
+            raise PlanError(
+                f"segment {seg.describe()} wraps around the address space",
+                "this is a bug in the image or the plan",
+                errno.EADDRNOTAVAIL,
+            )
         if seg.mem % PAGE_SIZE or seg.end % PAGE_SIZE:
             raise PlanError(
                 f"segment {seg.describe()} is not page aligned",
                 "mem and memsz must be multiples of 4096",
                 errno.EADDRNOTAVAIL,
             )
-        if limit is not None and seg.end > limit:
+        if limit is not None and seg.end >= limit:
             raise PlanError(
-                f"segment {seg.describe()} ends above the highest usable address {limit:#x}",
+                f"segment {seg.describe()} ends at or above the kernel's destination limit "
+                f"{limit:#x}",
                 "lower --mem-max or the image's addresses",
                 errno.EADDRNOTAVAIL,
             )
+    for i, a in enumerate(segments):
+        for b in segments[:i]:
+            if a.end > b.mem and a.mem < b.end:
+                raise PlanError(
+                    f"segments overlap: {b.describe()} and {a.describe()}",
+                    "segments of one call must not share a page",
+                    errno.EINVAL,
+                )
+    for seg in segments:
         if seg.bufsz > seg.memsz:
             raise PlanError(
                 f"segment {seg.describe()} has bufsz larger than memsz {seg.memsz:#x}",
@@ -111,28 +148,22 @@ def check_segments(segments: Sequence[Segment], ram_bytes: int | None = None,
                 "this is a bug in kexec-py; please report it",
                 errno.EFAULT,
             )
-    ordered = sorted(segments, key=lambda s: s.mem)
-    for a, b in zip(ordered, ordered[1:], strict=False):
-        if b.mem < a.end:
-            raise PlanError(
-                f"segments overlap: {a.describe()} and {b.describe()}",
-                "segments of one call must not share a page",
-                errno.EINVAL,
-            )
     if ram_bytes is not None:
-        half = ram_bytes // 2
+        half = (ram_bytes // PAGE_SIZE) // 2
         total = 0
         for seg in segments:
-            if seg.memsz > half:
+            if _pages(seg.memsz) > half:
                 raise PlanError(
-                    f"segment {seg.describe()} is larger than half of RAM ({half:#x} bytes)",
+                    f"segment {seg.describe()} is larger than half of RAM "
+                    f"({half * PAGE_SIZE:#x} bytes)",
                     "the kernel refuses that in one call; --staged lifts the total limit",
                     errno.EINVAL,
                 )
-            total += seg.memsz
+            total += _pages(seg.memsz)
         if total > half:
             raise PlanError(
-                f"segments total {total:#x} bytes, more than half of RAM ({half:#x})",
+                f"segments total {total * PAGE_SIZE:#x} bytes, more than half of RAM "
+                f"({half * PAGE_SIZE:#x})",
                 "the kernel refuses that in one call; --staged splits the load",
                 errno.EINVAL,
             )
@@ -146,3 +177,112 @@ def check_segments(segments: Sequence[Segment], ram_bytes: int | None = None,
                     "crash segments must be placed inside the crashkernel= reservation",
                     errno.EADDRNOTAVAIL,
                 )
+
+
+def check_in_ram(segments: Sequence[Segment], ram: Sequence[Range],
+                 within: Range | None = None) -> None:
+    """Refuse segments outside System RAM (or outside ``within``, the
+    --mem-min/--mem-max window), as kexec-tools' ``valid_memory_range()``
+    does.  The kernel itself would accept them and write over whatever is
+    there, so this is the last chance to say so."""
+    for seg in segments:
+        r = Range(seg.mem, seg.end)
+        if r.size == 0:
+            continue
+        if not any(m.covers(r) for m in merge(ram)):
+            raise PlanError(
+                f"segment {seg.describe()} is not inside System RAM",
+                "the image asks for an address the memory map does not offer as RAM; "
+                "check the image and the memory map",
+                errno.EADDRNOTAVAIL,
+            )
+        if within is not None and not within.covers(r):
+            raise PlanError(
+                f"segment {seg.describe()} lies outside --mem-min/--mem-max {within}",
+                "widen --mem-min/--mem-max or load an image whose addresses fit",
+                errno.EADDRNOTAVAIL,
+            )
+
+
+class Layout:
+    """Places buffers in free System RAM, as kexec-tools' ``add_buffer()``.
+
+    Holds the RAM of a memory map, a placement window (--mem-min/--mem-max)
+    and the ranges already taken.  :meth:`place` finds a hole (top-down or
+    bottom-up, aligned, inside ``[lo, hi)`` and the window) and takes it;
+    :meth:`take` takes a fixed range (an ELF PT_LOAD).  Nothing is copied.
+    Post-conditions: every range handed out is page aligned, inside RAM and
+    the window, and disjoint from every other.
+    """
+
+    def __init__(self, ram: Sequence[Range], within: Range | None = None,
+                 reserved: Sequence[Range] = ()) -> None:
+        self.ram = merge(ram)
+        self.within = within
+        self.taken: list[Range] = list(reserved)
+
+    def free(self) -> list[Range]:
+        """Free whole pages: RAM minus what is taken, inside the window."""
+        out = []
+        for r in free_ranges(self.ram, self.taken, self.within):
+            lo, hi = page_align_up(r.start), page_align_down(r.end)
+            if lo < hi:
+                out.append(Range(lo, hi))
+        return out
+
+    def take(self, r: Range, name: str) -> None:
+        """Claim ``r`` (page aligned) for ``name``; refuse RAM it cannot have."""
+        seg = Segment(r.start, r.size, 0, None, name)
+        check_in_ram([seg], self.ram, self.within)
+        for t in self.taken:
+            if t.overlaps(r):
+                raise PlanError(
+                    f"{name} {r} overlaps {t}, which is already taken",
+                    "the image's own segments overlap, or lie on a reserved region",
+                    errno.EINVAL,
+                )
+        self.taken.append(r)
+
+    def place(self, name: str, size: int, align: int = PAGE_SIZE, lo: int = 0,
+              hi: int = ADDR_LIMIT, top_down: bool = True) -> int:
+        """Take a hole of ``size`` bytes (rounded up to pages) and return its start."""
+        memsz = page_align_up(size)
+        a = max(align, PAGE_SIZE)
+        start = find_hole(self.free(), memsz, a, lo, hi, top_down)
+        if start is None:
+            where = f"[{lo:#x}, {hi:#x})" if hi < ADDR_LIMIT else f"above {lo:#x}"
+            win = f" inside --mem-min/--mem-max {self.within}" if self.within else ""
+            raise PlanError(
+                f"no room for the {name}: {memsz:#x} bytes aligned to {a:#x} {where}{win} "
+                f"(free RAM: {describe_ranges(self.free())})",
+                "the memory map has no hole that large: check --mem-min/--mem-max, a "
+                "smaller initrd, or the memory map (kexec-py inspect shows the sizes)",
+                errno.ENOMEM,
+            )
+        self.taken.append(Range(start, start + memsz))
+        return start
+
+
+def describe_ranges(ranges: Sequence[Range], limit: int = 4) -> str:
+    if not ranges:
+        return "none"
+    shown = ", ".join(str(r) for r in ranges[:limit])
+    more = f" and {len(ranges) - limit} more" if len(ranges) > limit else ""
+    return shown + more
+
+
+def fill_window(taken: Sequence[Segment], ram: Sequence[Range], within: Range,
+                name: str = "window") -> list[Segment]:
+    """Zero-filled segments (bufsz 0) over every free page of RAM in
+    ``within``: kexec-tools' ``add_backup_segments()`` for
+    ``--load-preserve-context``.  With a preserve-context image the kernel
+    swaps every destination page with its source page at the jump, so the
+    loaded kernel may use this window and the original contents come back
+    when it jumps back."""
+    used = [Range(s.mem, s.end) for s in taken]
+    out: list[Segment] = []
+    for r in free_ranges(ram, used, within):
+        lo, hi = page_align_up(r.start), page_align_down(r.end)
+        if lo < hi:
+            out.append(Segment(lo, hi - lo, 0, None, name))
+    return out
