@@ -44,6 +44,6 @@ def vm_ready() -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not harness.RESULTS:
         return
-    terminalreporter.section("kexec-py VM measurements (tests/vm/.cache/results.json)")
+    terminalreporter.section(f"kexec-py VM measurements ({harness.CACHE / 'results.json'})")
     for res in harness.RESULTS:
         terminalreporter.write_line(str(res["line"]))
