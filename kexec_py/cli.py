@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -137,6 +137,39 @@ def status(c: Ctx) -> None:
 # --- load ------------------------------------------------------------------------
 
 
+if TYPE_CHECKING:
+    _IntParam = click.ParamType[int]
+else:  # click < 8.2 has no generic ParamType
+    _IntParam = click.ParamType
+
+
+class Address(_IntParam):
+    """A physical address or size: 0x1000, 4096, 0o10000, or with a K/M/G suffix."""
+
+    name = "ADDR"
+    _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().replace("_", "")
+        mult = 1
+        if text and text[-1] in self._UNITS and not text.startswith("0x"):
+            mult, text = self._UNITS[text[-1]], text[:-1]
+        try:
+            n = int(text, 0) * mult
+        except ValueError:
+            self.fail(f"{value!r} is not an address (try 0x1000000, 16M or 16777216)",
+                      param, ctx)
+        if n < 0 or n >= 1 << 64:
+            self.fail(f"{value!r} is outside the 64-bit address space", param, ctx)
+        return n
+
+
+ADDR = Address()
+
+
 @cli.command()
 @click.argument("kernel", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--initrd", "--ramdisk", "initrd", type=click.Path(dir_okay=False, path_type=Path),
@@ -148,29 +181,109 @@ def status(c: Ctx) -> None:
                    "crashkernel= with -p); --append adds or replaces parameters.")
 @click.option("-p", "--crash", "--load-panic", "crash", is_flag=True,
               help="Load a crash kernel, booted on panic.")
-@click.option("-s", "--file-syscall", "use_file", is_flag=True,
-              help="Use kexec_file_load(2) only.")
+@click.option("-a", "--kexec-syscall-auto", "syscall", flag_value="auto", default=True,
+              help="Try kexec_file_load(2) first and fall back to kexec_load(2) when it "
+                   "fails with ENOSYS, EINVAL, ENOEXEC or ENOTSUP (the default; ELF images "
+                   "and kexec_load-only options go straight to kexec_load).")
+@click.option("-c", "--kexec-syscall", "syscall", flag_value="load",
+              help="Use kexec_load(2) only: kexec-py parses the image and places segments.")
+@click.option("-s", "--kexec-file-syscall", "--file-syscall", "syscall", flag_value="file",
+              help="Use kexec_file_load(2) only: the kernel parses the image.")
+@click.option("-t", "--type", "image_type", type=click.Choice(["bzImage64", "elf-x86_64"]),
+              help="Insist on this image type (detected otherwise).")
+@click.option("--entry", type=ADDR, help="Entry point for kexec_load instead of kexec-py's "
+              "entry stub (kexec_load only).")
+@click.option("--mem-min", type=ADDR, default=0, show_default=True,
+              help="Lowest address segments may be placed at (kexec_load only).")
+@click.option("--mem-max", type=ADDR, help="Highest address segments may use, inclusive "
+              "(kexec_load only).")
+@click.option("--load-preserve-context", "preserve_context", is_flag=True,
+              help="Load with KEXEC_PRESERVE_CONTEXT (a kexec jump that can return); "
+                   "kexec_load only.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (system call, entry, flags, "
+              "segments) and call nothing; with --json, the plan document.")
 @pass_ctx
 def load(c: Ctx, kernel: Path, initrd: Path | None, append: str | None, reuse_cmdline: bool,
-         crash: bool, use_file: bool) -> None:
+         crash: bool, syscall: str, image_type: str | None, entry: int | None, mem_min: int,
+         mem_max: int | None, preserve_context: bool, dry_run: bool) -> None:
     """Load KERNEL to be booted by 'exec' (or on panic with -p)."""
     from kexec_py import loader, procfs
 
+    if syscall == "file":
+        only = [o for o, on in (("--entry", entry is not None), ("--mem-min", mem_min != 0),
+                                ("--mem-max", mem_max is not None),
+                                ("--load-preserve-context", preserve_context)) if on]
+        if only:
+            raise click.UsageError(f"{', '.join(only)} need kexec_load: drop -s or use -c")
+    if crash and preserve_context:
+        raise click.UsageError("-p and --load-preserve-context exclude each other")
     cmdline = append
     if reuse_cmdline:
         cmdline = procfs.reuse_cmdline(c.backend().cmdline(), append, crash)
     req = loader.LoadRequest(kernel=kernel, initrd=initrd, cmdline=cmdline, crash=crash,
-                             syscall="file" if use_file else "file")
+                             syscall=syscall, entry=entry, mem_min=mem_min, mem_max=mem_max,
+                             preserve_context=preserve_context, image_type=image_type)
     be = c.backend()
-    c.log(2, f"kexec_file_load({kernel}, {initrd}, {cmdline!r})")
-    res = loader.load_file(be, req)
+    if dry_run:
+        plan = loader.plan_load(be, req, bytes(32))
+        if c.json:
+            emit_json(plan.to_json())
+        else:
+            from kexec_py import render
+
+            render.print_plan(_console(), plan)
+        return
+    res = loader.load(be, req)
+    if res.fallback_from:
+        c.log(1, f"{res.fallback_from}: falling back to kexec_load")
+    if res.plan is not None:
+        c.log(2, f"kexec_load(entry={res.plan.entry:#x}, nr_segments="
+                 f"{len(res.plan.segments)}, flags={res.flags:#x})")
+    else:
+        c.log(2, f"kexec_file_load({kernel}, {initrd}, {cmdline!r}, flags={res.flags:#x})")
     if c.json:
         emit_json({"loaded": True, "crash": crash, "syscall": res.syscall,
                    "flags": res.flags, "kernel": res.kernel, "initrd": res.initrd,
-                   "cmdline": res.cmdline})
+                   "cmdline": res.cmdline,
+                   "entry": res.plan.entry if res.plan is not None else None,
+                   "fallback_from": res.fallback_from})
     else:
         what = "crash kernel" if crash else "kernel"
         info(f"loaded {what} {kernel} with {res.syscall}")
+
+
+def _console() -> Any:
+    """A rich console on stdout: colour and boxes on a terminal, plain
+    wide text otherwise (for scripts and pipes)."""
+    from kexec_py.output import console
+
+    con = console()
+    if not con.is_terminal:
+        con.width = max(con.width, 132)
+    return con
+
+
+# --- inspect ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def inspect(c: Ctx, image: Path) -> None:
+    """Show what IMAGE is (bzImage, ELF kernel, ELF core), its header fields
+    and the segments kexec_load would get from it."""
+    from kexec_py import loader
+
+    def memmap() -> Any:
+        return c.backend().memory_map()
+
+    report = loader.inspect_image(image, memmap, c.root)
+    if c.json:
+        emit_json(report)
+    else:
+        from kexec_py import render
+
+        render.print_inspect(_console(), report)
 
 
 # --- exec / unload -------------------------------------------------------------

@@ -545,8 +545,8 @@ def cmdline_limit(header: bytes) -> int:
 class LinuxBoot:
     """Everything a 64-bit Linux entry needs besides the kernel itself.
 
-    ``header`` is the setup header to copy into boot_params (the bzImage's,
-    or a synthesized one for an ELF vmlinux); ``cmdline`` without NUL;
+    ``header`` is the setup header to copy into boot_params (:func:`plan`
+    sets the bzImage's; an ELF vmlinux gets :func:`synth_header`); ``cmdline`` without NUL;
     ``initrd`` a buffer (mmap) or None; ``running`` the running kernel's
     boot_params (or None); ``rng_seed`` 32 random bytes for a
     SETUP_RNG_SEED entry (or None); ``jump_back`` asks the stub to append
@@ -634,6 +634,7 @@ def plan(img: BzImage, boot: LinuxBoot, layout: Layout) -> tuple[list[Segment], 
     the stub, which enters the payload at +0x200 with rsi = boot_params.
     """
     img.check_loadable()
+    boot.header = img.header_bytes()
     boot.check_cmdline(f"this kernel (protocol {version_str(img.version)})")
     res = reserve_entry(layout, boot)
     payload = img.payload

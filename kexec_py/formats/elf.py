@@ -118,6 +118,12 @@ class _ViewStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def close(self) -> None:
+        """Release the view, so that the mapping under it can be closed."""
+        if not self.closed:
+            self._mv.release()
+        super().close()
+
     def seekable(self) -> bool:
         return True
 
@@ -154,8 +160,9 @@ def parse(data: Buffer, name: str = "image") -> ElfImage:
     if not probe(data):
         raise FormatError(f"{name} is not an ELF file (no \\x7fELF magic)",
                           "give an ELF vmlinux, a bzImage, or an ELF core")
+    stream = _ViewStream(data)
     try:
-        ef = ELFFile(cast("IO[bytes]", _ViewStream(data)))
+        ef = ELFFile(cast("IO[bytes]", stream))
         h = ef.header
         bits = ef.elfclass
         little = ef.little_endian
@@ -176,6 +183,8 @@ def parse(data: Buffer, name: str = "image") -> ElfImage:
     except (struct.error, ValueError, KeyError, IndexError) as e:
         raise FormatError(f"{name}: ELF header cannot be read: {e}",
                           "the file is damaged or truncated") from None
+    finally:
+        stream.close()
     fmt = _PHDR[(bits, little)]
     size = struct.calcsize(fmt)
     phoff = hdr["phoff"]
