@@ -40,6 +40,11 @@ class Status:
     cap_sys_boot: bool | None = None
     #: each reason why a load would fail here, in words for the operator
     problems: list[str] = field(default_factory=list)
+    #: which kernel runs (the model backend: the original one, or which
+    #: image it jumped to); None when there is nothing to say
+    running: str | None = None
+    #: a staged load in progress (the model backend), None otherwise
+    staging: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
