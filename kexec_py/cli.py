@@ -91,6 +91,11 @@ def cli(ctx: click.Context, backend: str, root: Path, as_json: bool, verbose: in
     c = Ctx(backend, root, as_json, verbose, opts)
     ctx.obj = c
     ctx.call_on_close(c.close)
+    if verbose >= 2:  # every system call with its arguments and result, on stderr
+        from kexec_py import syscall
+
+        syscall.trace = info
+        ctx.call_on_close(lambda: setattr(syscall, "trace", None))
 
 
 # --- status --------------------------------------------------------------------
@@ -236,11 +241,6 @@ def load(c: Ctx, kernel: Path, initrd: Path | None, append: str | None, reuse_cm
     res = loader.load(be, req)
     if res.fallback_from:
         c.log(1, f"{res.fallback_from}: falling back to kexec_load")
-    if res.plan is not None:
-        c.log(2, f"kexec_load(entry={res.plan.entry:#x}, nr_segments="
-                 f"{len(res.plan.segments)}, flags={res.flags:#x})")
-    else:
-        c.log(2, f"kexec_file_load({kernel}, {initrd}, {cmdline!r}, flags={res.flags:#x})")
     if c.json:
         emit_json({"loaded": True, "crash": crash, "syscall": res.syscall,
                    "flags": res.flags, "kernel": res.kernel, "initrd": res.initrd,
@@ -305,7 +305,6 @@ def exec_(c: Ctx, no_sync: bool) -> None:
     if not no_sync:
         c.log(1, "syncing file systems")
         be.sync()
-    c.log(2, "reboot(LINUX_REBOOT_CMD_KEXEC)")
     be.reboot_kexec()
     if c.json:
         emit_json({"executed": True, "returned": True})
@@ -326,6 +325,26 @@ def unload(c: Ctx, crash: bool) -> None:
         emit_json({"unloaded": True, "crash": crash, "syscall": how})
     else:
         info(f"unloaded the {'crash ' if crash else ''}kernel")
+
+
+# --- compat ----------------------------------------------------------------------------
+
+
+@cli.command(context_settings={"ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def compat(c: Ctx, args: tuple[str, ...]) -> None:
+    """Run a kexec-tools command line: 'kexec-py compat -- -l KERNEL --initrd=FILE'.
+
+    The same as invoking kexec-py through a symlink named 'kexec': kexec-tools'
+    options, exit statuses and first error lines (see COMPATIBILITY MODE in
+    kexec-py(8)).  The global --backend and --root apply.
+    """
+    from kexec_py import compat as kexec_compat
+
+    env = kexec_compat.Env(c.backend, c.root)
+    raise click.exceptions.Exit(kexec_compat.run(list(args), env))
 
 
 # --- running -----------------------------------------------------------------------

@@ -13,7 +13,8 @@ know more (the linux backend reads lockdown state) refine the hint.
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kexec_py import abi
@@ -22,6 +23,20 @@ from kexec_py.segments import Segment
 
 _lib: Any = None
 _ffi: Any = None
+
+#: when set (``kexec-py -vv``, ``kexec -d``), called with one line per system
+#: call before it is made (with its arguments and, for kexec_load, every
+#: segment) and one line with its result after it returned
+trace: Callable[[str], None] | None = None
+
+
+def _trace_result(rc: int, err: int) -> None:
+    if trace is None:
+        return
+    if rc == 0:
+        trace("  = 0")
+    else:
+        trace(f"  = -1 {errno.errorcode.get(err, str(err))} ({os.strerror(err)})")
 
 
 def _load() -> tuple[Any, Any]:
@@ -88,6 +103,11 @@ def kexec_load(entry: int, segments: Sequence[Segment], flags: int,
         arr[i].bufsz = seg.bufsz
         arr[i].mem = seg.mem
         arr[i].memsz = seg.memsz
+    if trace is not None:
+        trace(f"kexec_load(entry={entry:#x}, nr_segments={len(segments)}, flags={flags:#x})")
+        for i, seg in enumerate(segments):
+            trace(f"  segment[{i}]: mem={seg.mem:#x} memsz={seg.memsz:#x} bufsz={seg.bufsz:#x}"
+                  + (f" ({seg.name})" if seg.name else ""))
     ffi.errno = 0
     rc = lib.syscall(
         ffi.cast("long", a.kexec_load),
@@ -96,6 +116,7 @@ def kexec_load(entry: int, segments: Sequence[Segment], flags: int,
         arr if segments else ffi.NULL,
         ffi.cast("unsigned long", flags),
     )
+    _trace_result(rc, _errno(ffi))
     if rc != 0:
         err = _errno(ffi)
         segs = ", ".join(f"{{{s.mem:#x}+{s.memsz:#x}, bufsz {s.bufsz:#x}}}" for s in segments)
@@ -119,6 +140,10 @@ def kexec_file_load(kernel_fd: int, initrd_fd: int, cmdline: bytes | None, flags
     else:
         cbuf = ffi.new("char[]", cmdline)  # NUL-terminated
         clen = len(cmdline) + 1
+    if trace is not None:
+        shown = "NULL" if cmdline is None else repr(cmdline.decode(errors="replace"))
+        trace(f"kexec_file_load(kernel_fd={kernel_fd}, initrd_fd={initrd_fd}, "
+              f"cmdline_len={clen}, cmdline={shown}, flags={flags:#x})")
     ffi.errno = 0
     rc = lib.syscall(
         ffi.cast("long", a.kexec_file_load),
@@ -128,6 +153,7 @@ def kexec_file_load(kernel_fd: int, initrd_fd: int, cmdline: bytes | None, flags
         cbuf,
         ffi.cast("unsigned long", flags),
     )
+    _trace_result(rc, _errno(ffi))
     if rc != 0:
         err = _errno(ffi)
         shown = "NULL" if cmdline is None else repr(cmdline.decode(errors="replace"))
@@ -140,6 +166,8 @@ def reboot_kexec(arch: abi.ArchABI | None = None) -> None:
     a preserve-context image jumped back."""
     a = arch or abi.host_abi()
     ffi, lib = _load()
+    if trace is not None:
+        trace("reboot(LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_KEXEC, NULL)")
     ffi.errno = 0
     rc = lib.syscall(
         ffi.cast("long", a.reboot),
@@ -148,6 +176,7 @@ def reboot_kexec(arch: abi.ArchABI | None = None) -> None:
         ffi.cast("unsigned int", abi.LINUX_REBOOT_CMD_KEXEC),
         ffi.NULL,
     )
+    _trace_result(rc, _errno(ffi))
     if rc != 0:
         err = _errno(ffi)
         hint = ("no kernel is loaded: run 'kexec-py load' first" if err == errno.EINVAL
@@ -156,5 +185,7 @@ def reboot_kexec(arch: abi.ArchABI | None = None) -> None:
 
 
 def sync() -> None:
+    if trace is not None:
+        trace("sync()")
     _, lib = _load()
     lib.sync()

@@ -131,6 +131,14 @@ class LinuxBackend:
             st.problems.append("no /sys/kernel/kexec_loaded: this kernel has no kexec")
         if st.kexec_load == "no" and st.kexec_file_load == "no":
             st.problems.append("neither kexec_load nor kexec_file_load exists in this kernel")
+        elif st.kexec_file_load == "no":
+            st.problems.append("no kexec_file_load here (CONFIG_KEXEC_FILE off): 'load -s' "
+                               "fails with ENOSYS and signed-kernel loads are impossible; the "
+                               "default load falls back to kexec_load")
+        elif st.kexec_load == "no":
+            st.problems.append("no kexec_load here (CONFIG_KEXEC off): 'load -c', ELF images, "
+                               "--entry, --mem-min/--mem-max, --load-preserve-context, "
+                               "'resume' and staged loads fail with ENOSYS")
         return st
 
     def memory_map(self) -> list[MemRegion]:
