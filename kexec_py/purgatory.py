@@ -39,7 +39,7 @@ compares the bytes with :func:`build`.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kexec_py.abi import PAGE_SIZE
 
@@ -56,8 +56,7 @@ STUB_PAGE = PAGE_SIZE
 PATCHES = ("BOOT_PARAMS", "KERNEL_ENTRY", "JUMP_BACK_DIGITS")
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):
     """One line of the stub: an optional label, the instruction in AT&T
     syntax (GNU as), its encoding and what it is for.
 

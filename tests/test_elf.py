@@ -165,3 +165,52 @@ def test_header_table_and_notes() -> None:
     names = [r["name"] for r in elf.header_table(img)]
     assert names[:4] == ["class", "data", "type", "machine"]
     assert len(img.phdrs) == 5 and len(img.loads) == 4
+
+
+# --- tools/extract_vmlinux.py --------------------------------------------------------
+
+
+def _bz_with_payload(blob: bytes) -> bytes:
+    from kernelgen import make_bzimage
+
+    img = bytearray(make_bzimage(payload_size=0x200 + len(blob) + 0x10))
+    setup = 5 * 512
+    img[setup + 0x100:setup + 0x100 + len(blob)] = blob
+    struct.pack_into("<II", img, 0x248, 0x100, len(blob))
+    return bytes(img)
+
+
+@pytest.mark.parametrize("how", ["gzip", "xz", "bzip2"])
+def test_extract_vmlinux(how: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import extract_vmlinux as ev
+
+    vmlinux = make_elf(vmlinux_spec())
+    pack = {"gzip": gzip.compress, "xz": lambda d: lzma.compress(d, lzma.FORMAT_XZ),
+            "bzip2": bz2.compress}[how]
+    out, found = ev.extract(_bz_with_payload(pack(vmlinux)))
+    assert (out, found) == (vmlinux, how)
+    elf.load_segments(elf.parse(out, "x"))  # and it is a loadable vmlinux
+
+
+def test_extract_vmlinux_errors(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import extract_vmlinux as ev
+
+    with pytest.raises(ev.ExtractError, match="not a bzImage"):
+        ev.extract(b"\x7fELF" + bytes(4000))
+    with pytest.raises(ev.ExtractError, match="cannot decompress zstd"):
+        ev.extract(_bz_with_payload(b"\x28\xb5\x2f\xfd" + bytes(64)))
+    with pytest.raises(ev.ExtractError, match="unknown compression"):
+        ev.extract(_bz_with_payload(b"nothing here"))
+    src = tmp_path / "bz"
+    src.write_bytes(_bz_with_payload(b"\x1f\x8b\x08" + bytes(64)))
+    assert ev.main([str(src), str(tmp_path / "out")]) == 1
+    assert ev.main([]) == 2

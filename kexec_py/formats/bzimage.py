@@ -32,7 +32,7 @@ import errno
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kexec_py.abi import PAGE_SIZE
 from kexec_py.errors import FormatError, PlanError
@@ -44,8 +44,7 @@ from kexec_py.segments import Buffer, Layout, Segment, page_align_up
 # --- the setup header ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """A setup-header field: ``offset`` in the image (and in boot_params),
     ``size`` in bytes, ``since`` the boot-protocol version that added it
     (0x0200 = 2.00; 0 = every version, even before 2.00)."""
@@ -415,8 +414,12 @@ def ram_bytes(memmap: Sequence[MemRegion]) -> int:
     return sum(r.range.size for r in memmap if r.is_ram)
 
 
-@dataclass(frozen=True)
-class SetupBlock:
+#: what the stub completes with 16 hex digits for a kexec jump (the
+#: parameter kexec-tools' purgatory appends for --load-preserve-context)
+JUMP_BACK_TEXT = b" kexec_jump_back_entry=0x"
+
+
+class SetupBlock(NamedTuple):
     """The boot_params segment: the zero page, the command line right after
     it, then the setup_data chain (RNG seed, e820 entries beyond 128)."""
 
@@ -425,13 +428,11 @@ class SetupBlock:
     e820_extra: int  # e820 entries that do not fit the zero page
     jump_back: bool
 
-    JUMP_BACK_TEXT = b" kexec_jump_back_entry=0x"
-
     @property
     def full_cmdline(self) -> bytes:
         if not self.jump_back:
             return self.cmdline
-        return self.cmdline + self.JUMP_BACK_TEXT + b"0" * 16
+        return self.cmdline + JUMP_BACK_TEXT + b"0" * 16
 
     @property
     def cmdline_offset(self) -> int:
@@ -580,8 +581,7 @@ class LinuxBoot:
                             errno.EINVAL)
 
 
-@dataclass
-class Reserved:
+class Reserved(NamedTuple):
     """Addresses taken for the entry stub and boot_params before the kernel
     and the initrd are placed (kexec-tools' order)."""
 
