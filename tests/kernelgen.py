@@ -73,6 +73,7 @@ class ElfSpec:
     machine: int = 62  # EM_X86_64
     entry: int = 0x1000000
     notes: int = 0  # number of PT_NOTE headers (empty)
+    xnum: bool = False  # e_phnum = PN_XNUM, the count in section 0's sh_info
 
 
 def make_elf(spec: ElfSpec) -> bytes:
@@ -97,15 +98,23 @@ def make_elf(spec: ElfSpec) -> bytes:
     for _ in range(spec.notes):
         phdrs.append((4, 4, 0, 0, 0, 0, 0, 4))
     size = max([o + len(b) for o, b in blobs] + [ehsize + phnum * phsize])
+    shentsize = 64 if spec.bits == 64 else 40
+    shoff = (size + 7) & ~7 if spec.xnum else 0
+    if spec.xnum:
+        size = shoff + shentsize
     out = bytearray(size)
     ident = b"\x7fELF" + bytes([2 if spec.bits == 64 else 1, 1 if spec.little else 2, 1])
     out[:len(ident)] = ident
+    e_phnum, e_shnum = (0xFFFF, 1) if spec.xnum else (phnum, 0)
     if spec.bits == 64:
         struct.pack_into(e + "HHIQQQIHHHHHH", out, 16, spec.e_type, spec.machine, 1,
-                         spec.entry, ehsize, 0, 0, ehsize, phsize, phnum, 64, 0, 0)
+                         spec.entry, ehsize, shoff, 0, ehsize, phsize, e_phnum, 64, e_shnum, 0)
     else:
         struct.pack_into(e + "HHIIIIIHHHHHH", out, 16, spec.e_type, spec.machine, 1,
-                         spec.entry, ehsize, 0, 0, ehsize, phsize, phnum, 40, 0, 0)
+                         spec.entry, ehsize, shoff, 0, ehsize, phsize, e_phnum, 40, e_shnum, 0)
+    if spec.xnum:  # section 0: SHT_NULL with sh_info = the real program header count
+        info_at = shoff + (44 if spec.bits == 64 else 28)
+        struct.pack_into(e + "I", out, info_at, phnum)
     for i, (ptype, flags, o, va, pa, fsz, msz, align) in enumerate(phdrs):
         at = ehsize + i * phsize
         if spec.bits == 64:

@@ -158,6 +158,14 @@ def test_virtual_entry_is_translated() -> None:
         elf.parse(make_elf(spec), "k").physical_entry()
 
 
+@pytest.mark.parametrize("bits", [64, 32])
+def test_pn_xnum_count_comes_from_section_0(bits: int) -> None:
+    loads = [Load(0x100000 + 0x2000 * i, 0x1000, 0x1000) for i in range(5)]
+    img = elf.parse(make_elf(ElfSpec(loads=loads, bits=bits, e_type=4, xnum=True)), "core")
+    assert img.header["phnum"] == 5 and len(img.loads) == 5
+    assert [s.mem for s in elf.load_segments(img)] == [p.paddr for p in loads]
+
+
 def test_header_table_and_notes() -> None:
     spec = vmlinux_spec()
     spec.notes = 1
