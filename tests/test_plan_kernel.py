@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,7 @@ def test_file_load_plan(inputs: dict[str, Path]) -> None:
 def test_refusals(inputs: dict[str, Path], args: list[str], words: str, code: int) -> None:
     argv = ["--backend", "linux", "--root", str(inputs["root"]), "load",
             *[a.format(**{k: str(v) for k, v in inputs.items()}) for a in args], "--dry-run"]
-    p = subprocess.run([os.sys.executable, "-m", "kexec_py", *argv],  # type: ignore[attr-defined]
+    p = subprocess.run([sys.executable, "-m", "kexec_py", *argv],
                        capture_output=True, text=True, check=False,
                        cwd=Path(__file__).parent.parent)
     assert p.returncode == code, p.stderr
