@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -74,10 +75,11 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KEXEC_P
               help="Machine-readable output on stdout.")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr; -vv shows every "
               "system call with its arguments.")
-@click.option("--model-state", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--model-state", type=click.Path(file_okay=False, path_type=Path),
               show_envvar=True,
-              help="State file of the model backend (default: under $XDG_RUNTIME_DIR, or "
-                   "ROOT/run/kexec-py).")
+              help="State directory of the model backend, shared by the commands that use "
+                   "it (default: ROOT/run/kexec-py/model with --root, else under "
+                   "$XDG_RUNTIME_DIR or /tmp/kexec-py-UID).")
 @click.option("--model-kernel", type=click.Choice(["patched", "stock-6.1", "stock-6.6"]),
               default="patched", show_default=True, show_envvar=True,
               help="Which kernel the model backend behaves like.")
@@ -132,6 +134,10 @@ def status(c: Ctx) -> None:
     ]
     for k, v in st.load_limits.items():
         lines.append((f"kexec_load_limit_{k}", "unlimited" if v < 0 else str(v)))
+    if st.running is not None:
+        lines.append(("running", st.running))
+    if st.staging is not None:
+        lines.append(("staged load in progress", st.staging))
     width = max(len(k) for k, _ in lines)
     out = [f"{k + ':':<{width + 1}} {v}" for k, v in lines]
     for p in st.problems:
@@ -300,12 +306,15 @@ def exec_(c: Ctx, no_sync: bool) -> None:
     """
     be = c.backend()
     st = be.status()
-    if st.loaded is False:
+    if st.loaded is False and not _model_can_return(be):
         raise KexecError("no kernel is loaded", "run 'kexec-py load KERNEL' first")
     if not no_sync:
         c.log(1, "syncing file systems")
         be.sync()
     be.reboot_kexec()
+    if be.name == "model":
+        _model_exec_report(c, be)
+        return
     if c.json:
         emit_json({"executed": True, "returned": True})
     else:
@@ -345,6 +354,179 @@ def compat(c: Ctx, args: tuple[str, ...]) -> None:
 
     env = kexec_compat.Env(c.backend, c.root)
     raise click.exceptions.Exit(kexec_compat.run(list(args), env))
+
+
+# --- the page map and the model ------------------------------------------------------
+
+
+def _pgmap_runs(dst: Sequence[int], src: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(dst_pfn, src_pfn, pages) for each run of entries, in the kernel's
+    order, where destination and source pages both go up by one."""
+    runs: list[tuple[int, int, int]] = []
+    i, n = 0, len(dst)
+    while i < n:
+        j = i + 1
+        while j < n and dst[j] == dst[i] + (j - i) and src[j] == src[i] + (j - i):
+            j += 1
+        runs.append((dst[i], src[i], j - i))
+        i = j
+    return runs
+
+
+@cli.command()
+@click.option("--raw", is_flag=True,
+              help="Print the map exactly as /proc/kexec_pgmap does: one line per page, "
+                   "0x%016lx<TAB>0x%016lx (destination pfn, source pfn).")
+@click.option("--limit", type=click.IntRange(min=0), default=40, show_default=True,
+              help="Runs shown in the table (0: all of them).")
+@pass_ctx
+def pgmap(c: Ctx, raw: bool, limit: int) -> None:
+    """Show the kernel's page map (/proc/kexec_pgmap) of the loaded image.
+
+    For every destination page that is not loaded in place, the source page
+    that holds its content until exec.  The table and --json group the map
+    into runs (destination and source both consecutive) and count them;
+    --raw prints the kernel's text.  Entries come in the kernel's order
+    (hash order on a patched kernel, insertion order in the model); do not
+    depend on it.  Needs a kernel with the multi-stage load patch (or
+    --backend model).
+    """
+    pm = c.backend().pgmap()
+    if raw:
+        from kexec_py import procfs
+
+        sys.stdout.write(procfs.format_pgmap(pm.pairs()))
+        return
+    runs = _pgmap_runs(pm.dst, pm.src)
+    if c.json:
+        emit_json({"pages": len(pm), "runs": [{"dst_pfn": d, "src_pfn": s, "pages": k}
+                                              for d, s, k in runs]})
+        return
+    summary = (f"{len(pm)} pages not in place, in {len(runs)} runs"
+               if len(pm) else "every page of the image is loaded in place: the map is empty")
+    if not runs:
+        click.echo(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=summary, title_justify="left")
+    table.add_column("destination", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    table.add_column("pages", justify="right")
+    shown = runs if limit == 0 else runs[:limit]
+    for d, s, k in shown:
+        table.add_row(f"[{d << 12:#x}, {(d + k) << 12:#x})", f"[{s << 12:#x}, {(s + k) << 12:#x})",
+                      str(k))
+    if len(shown) < len(runs):
+        table.add_row(f"... {len(runs) - len(shown)} more runs", "(--limit 0 shows all)", "")
+    _console().print(table)
+
+
+def _model_of(c: Ctx, what: str) -> Any:
+    """The model backend, or an error naming ``what`` needs it."""
+    from kexec_py.backends.model import ModelBackend
+    from kexec_py.errors import UnsupportedError
+
+    be = c.backend()
+    if not isinstance(be, ModelBackend):
+        raise UnsupportedError(f"{what} works with the model backend only",
+                               "add --backend model (a real kernel's memory is /proc/vmcore)")
+    return be
+
+
+def _model_can_return(be: Backend) -> bool:
+    """The model runs a kernel entered by a preserve-context jump: exec with
+    nothing loaded returns to the kernel that jumped."""
+    if be.name != "model":
+        return False
+    from kexec_py.backends.model import ModelBackend
+
+    return isinstance(be, ModelBackend) and int(be.running()["depth"]) > 0
+
+
+def _model_exec_report(c: Ctx, be: Any) -> None:
+    """What exec did in the model (a real exec does not come back to say)."""
+    jump = be.last_jump
+    now = be.running()
+    if c.json:
+        emit_json({"executed": True, "returned": jump.what == "return",
+                   "model": jump.to_json(), "running": now["text"]})
+        return
+    if jump.what == "return":
+        info(f"model: returned to {jump.to_kernel}: {jump.pages} pages swapped back")
+    elif jump.what == "jump":
+        info(f"model: jumped to {jump.entry:#x} with preserve context ({jump.pages} pages "
+             f"swapped); now running {now['name']}; 'kexec-py exec' with nothing loaded "
+             "there returns")
+    else:
+        info(f"model: executed the image: {jump.pages} pages copied, jumped to "
+             f"{jump.entry:#x}; now running {now['name']}")
+    if jump.cmdline is not None and jump.what != "return":
+        info(f"model: its command line: {jump.cmdline}")
+
+
+@cli.command("dump-memory")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def dump_memory(c: Ctx, file: Path) -> None:
+    """Write the model's physical memory to FILE as an ELF core file.
+
+    One PT_LOAD per RAM run (p_paddr = physical address; zero pages are
+    holes in the file), and a note "KPY-MODEL" (type 1) holding the model's
+    state as JSON.  Check what exec produced with any ELF reader (readelf
+    -l, gdb, crash, pyelftools).  Needs the model backend.
+    """
+    be = _model_of(c, "dump-memory")
+    try:
+        res = be.dump_memory(file)
+    except OSError as e:
+        raise KexecError(f"cannot write {file}: {e.strerror}", "check the path") from None
+    if c.json:
+        emit_json(res)
+    else:
+        info(f"wrote {file}: {res['loads']} PT_LOADs, {res['file_size']:#x} bytes, "
+             f"{res['data_bytes']:#x} of them data")
+
+
+@cli.command("model-reset")
+@click.option("--memory", metavar="SIZE",
+              help="RAM of a PC memory layout (e.g. 512M, 4G) instead of --root's memory map.")
+@click.option("--crashkernel", metavar="SIZE@OFFSET",
+              help="Reserve a crash kernel region in RAM (e.g. 64M@256M).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the order in which the page allocator hands out pages.")
+@click.option("--collide", type=click.FloatRange(0.0, 1.0), default=0.25, show_default=True,
+              help="How often the allocator first offers a page that is a destination of "
+                   "the image being loaded (0: never).")
+@click.option("--no-cap-sys-boot", is_flag=True,
+              help="Make the model act as if kexec-py lacked CAP_SYS_BOOT (EPERM).")
+@pass_ctx
+def model_reset(c: Ctx, memory: str | None, crashkernel: str | None, seed: int, collide: float,
+                no_cap_sys_boot: bool) -> None:
+    """Start the model backend over: nothing loaded, memory all zero.
+
+    Without options the machine is --root's memory map (its /proc/iomem or
+    /sys/firmware/memmap), or a 512 MiB PC when --root has none.  Also the
+    way out of a damaged or outdated model state.
+    """
+    from kexec_py.model import config as mc
+
+    be = _model_of(c, "model-reset")
+    base = mc.config_for_root(c.root) if memory is None else mc.ModelConfig(
+        regions=mc.pc_layout(mc.parse_size(memory)), ram_source=f"a PC with {memory} of RAM")
+    regions = base.regions
+    if crashkernel is not None:
+        regions = mc.with_crash_region(regions, *mc.parse_crashkernel(crashkernel))
+    cfg = mc.ModelConfig(regions=regions, seed=seed, collide=collide,
+                         cap_sys_boot=not no_cap_sys_boot, ram_source=base.ram_source)
+    be.reset(cfg)
+    ram = sum(r.range.size for r in cfg.regions if r.is_ram)
+    if c.json:
+        emit_json({"reset": True, "state": str(be.state_path) if be.state_path else None,
+                   "config": cfg.to_json()})
+    else:
+        info(f"model reset: {ram >> 20} MiB of RAM ({cfg.ram_source}), seed {seed}; state in "
+             f"{be.state_path}")
 
 
 # --- running -----------------------------------------------------------------------

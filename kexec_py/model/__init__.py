@@ -3,7 +3,7 @@
 The ``model`` backend (:mod:`kexec_py.backends.model`) is built from:
 
 - :mod:`.config`: the modelled machine (memory map, allocator seed, limits);
-- :mod:`.physmem`: physical memory, a sparse file mapped with mmap;
+- :mod:`.physmem`: physical memory, a sparse file (pread/pwrite);
 - :mod:`.order`: the seeded order in which free pages are handed out;
 - :mod:`.kernel`: the kexec core of the patched kernel -- the stage state
   machine, the segment rules, the page allocator of the seed (in place,
