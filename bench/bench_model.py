@@ -5,8 +5,8 @@ model machine: 256 segments scattered over all of RAM, 16 per call
 (KS_start, 15 KS_mid), with the allocator offering destination pages
 first a quarter of the time (collisions: pages in place, swaps,
 re-homing), and a KS_final that overwrites a page of KS_start (the same
-    python bench/bench_model.py                 # pages and maps only (no bytes)
-the allocator did.
+source page, as a parameter segment does).  Then execution.  Prints wall
+time per phase, peak RSS, and what the allocator did.
 
     python bench/bench_model.py                 # pages and maps only (copy_contents=False)
     python bench/bench_model.py --contents      # bytes too, from an mmap'd image file
