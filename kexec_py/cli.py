@@ -213,13 +213,30 @@ ADDR = Address()
                    "kexec_load only.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (system call, entry, flags, "
               "segments) and call nothing; with --json, the plan document.")
+@click.option("--staged", type=click.Choice(["auto", "always", "never"]), is_flag=False,
+              flag_value="auto", default=None, metavar="[auto|always|never]",
+              help="Load with kexec_load in stages of at most 16 segments (the multi-stage load "
+                   "protocol; needs /proc/kexec_pgmap): auto only when one call cannot do it. "
+                   "With --load-preserve-context and --mem-min/--mem-max: a hibernating kernel "
+                   "confined to that window, every free page of it saved, and the backup map "
+                   "injected.  Write --staged=MODE before KERNEL.")
+@click.option("--backup-map", type=click.Choice(["elfcorehdr", "raw"]), default=None,
+              help="Encoding of the backup pages map for --staged --load-preserve-context: "
+                   "elfcorehdr (default; passed as elfcorehdr=SIZE@ADDR, read by /proc/vmcore) "
+                   "or raw (kexec_backup_map=SIZE@ADDR).")
 @pass_ctx
 def load(c: Ctx, kernel: Path, initrd: Path | None, append: str | None, reuse_cmdline: bool,
          crash: bool, syscall: str, image_type: str | None, entry: int | None, mem_min: int,
-         mem_max: int | None, preserve_context: bool, dry_run: bool) -> None:
+         mem_max: int | None, preserve_context: bool, dry_run: bool, staged: str | None,
+         backup_map: str | None) -> None:
     """Load KERNEL to be booted by 'exec' (or on panic with -p)."""
     from kexec_py import loader, procfs
 
+    if staged is not None or backup_map is not None:
+        _load_staged(c, kernel, initrd, append, reuse_cmdline, crash, syscall, image_type,
+                     entry, mem_min, mem_max, preserve_context, dry_run, staged or "auto",
+                     backup_map)
+        return
     if syscall == "file":
         only = [o for o, on in (("--entry", entry is not None), ("--mem-min", mem_min != 0),
                                 ("--mem-max", mem_max is not None),
@@ -529,6 +546,225 @@ def model_reset(c: Ctx, memory: str | None, crashkernel: str | None, seed: int, 
              f"{be.state_path}")
 
 
+# --- staged loads, hibernation images ----------------------------------------------
+
+
+def _load_staged(c: Ctx, kernel: Path, initrd: Path | None, append: str | None,
+                 reuse_cmdline: bool, crash: bool, syscall: str, image_type: str | None,
+                 entry: int | None, mem_min: int, mem_max: int | None, preserve_context: bool,
+                 dry_run: bool, staged: str, backup_map: str | None) -> None:
+    """``load --staged``: a kernel through the multi-stage protocol, or with
+    --load-preserve-context and a window, a hibernating kernel with the
+    backup pages map."""
+    import os as _os
+
+    from kexec_py import hibernate, loader, procfs
+
+    if syscall == "file":
+        raise click.UsageError("--staged loads with kexec_load: drop -s")
+    if crash:
+        raise click.UsageError("--staged cannot load a crash kernel (-p): the kernel refuses "
+                               "staged loads for crash kernels")
+    hib = preserve_context
+    if backup_map is not None and not hib:
+        raise click.UsageError("--backup-map needs --load-preserve-context (and --staged)")
+    if hib and mem_max is None:
+        raise click.UsageError("--staged --load-preserve-context needs --mem-min/--mem-max: the "
+                               "window the hibernating kernel is confined to")
+    be = c.backend()
+    cmdline = append
+    if reuse_cmdline:
+        cmdline = procfs.reuse_cmdline(be.cmdline(), append, False)
+    req = loader.LoadRequest(kernel=kernel, initrd=initrd, cmdline=cmdline, syscall="load",
+                             entry=entry, mem_min=mem_min, mem_max=mem_max,
+                             preserve_context=preserve_context, image_type=image_type)
+    seed = bytes(32) if dry_run else _os.urandom(32)
+    layout = None
+    if hib:
+        hl = hibernate.plan_hibernate_load(be, req, staged=staged,
+                                           encoding=backup_map or "elfcorehdr", rng_seed=seed)
+        sp, layout, cmdline = hl.staged, hl.layout, hl.cmdline
+    else:
+        sp = hibernate.plan_staged_kernel(be, req, staged=staged, rng_seed=seed)
+    if dry_run:
+        _print_plan(c, sp.plan)
+        return
+    res = _run_staged(c, be, sp, "loading")
+    out: dict[str, Any] = {"loaded": True, "syscall": "kexec_load", "staged": sp.staged,
+                           "calls": res.calls, "entry": sp.plan.entry,
+                           "flags": sp.plan.calls[0].flags, "kernel": str(kernel),
+                           "initrd": str(initrd) if initrd else None, "cmdline": cmdline}
+    if layout is not None:
+        out["backup_map"] = {
+            "encoding": layout.encoding, "addr": layout.region.start,
+            "placeholder": layout.region.size,
+            "size": len(res.parameter) if res.parameter is not None else None,
+            "pgmap_entries": len(res.pagemap) if res.pagemap is not None else None,
+            "window": [layout.window.start, layout.window.end]}
+    if c.json:
+        emit_json(out)
+    else:
+        how = f"in {res.calls} staged calls" if sp.staged else "in one call"
+        info(f"loaded {kernel} with kexec_load {how}")
+        if layout is not None and res.parameter is not None:
+            info(f"backup map ({layout.encoding}): {len(res.parameter):#x} bytes at "
+                 f"{layout.region.start:#x}; the kernel is confined to {layout.window}")
+
+
+def _print_plan(c: Ctx, plan: Any) -> None:
+    if c.json:
+        emit_json(plan.to_json())
+    else:
+        from kexec_py import render
+
+        render.print_plan(_console(), plan)
+
+
+def _run_staged(c: Ctx, be: Backend, sp: Any, label: str) -> Any:
+    """Run a staged plan under the load lock, with a progress bar (bytes
+    and the current stage) on a terminal, JSON event lines on stderr with
+    --json, nothing otherwise."""
+    import json as _json
+
+    from kexec_py import staging
+    from kexec_py.lock import LoadLock
+    from kexec_py.output import ProgressBar
+
+    total = sum(s.memsz for call in sp.plan.calls for s in call.segments)
+    with LoadLock(c.root), ProgressBar(total, label, enabled=not c.json) as bar:
+        def on_event(e: staging.Event) -> None:
+            if c.json:
+                sys.stderr.write(_json.dumps(e.to_json()) + "\n")
+                return
+            if e.kind == "call":
+                bar.description = f"{label}: call {e.index}/{e.total} KS_{e.stage}"
+                bar.update(e.bytes_done)
+                c.log(2, f"call {e.index}/{e.total} KS_{e.stage}: {e.segments} segments, "
+                         f"{e.bytes:#x} bytes")
+            elif e.kind == "pgmap":
+                c.log(1, f"/proc/kexec_pgmap: {e.data['entries']} pages, {e.data['moved']} "
+                         "moved")
+            elif e.kind == "unload":
+                c.log(1, "the partial image was unloaded")
+
+        return staging.execute(be, sp, on_event=on_event)
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--entry", type=ADDR, help="Where to jump: the kexec_jump_back_entry= value the "
+              "hibernating kernel saw (default: the one save-image recorded in the image).")
+@click.option("--staged", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True, help="Load in stages of at most 16 segments: auto when one "
+                                      "kexec_load call cannot hold the image.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and call nothing; with --json, "
+              "the plan document.")
+@pass_ctx
+def resume(c: Ctx, image: Path, entry: int | None, staged: str, dry_run: bool) -> None:
+    """Load hibernation IMAGE (an ELF core) for 'exec': every PT_LOAD at its
+    physical address, entered at the image's jump-back entry."""
+    from kexec_py import hibernate
+    from kexec_py.formats.vmcore import open_core
+
+    be = c.backend()
+    with open_core(image) as img:
+        sp = hibernate.plan_resume(be, img, entry=entry, staged=staged)
+        if dry_run:
+            _print_plan(c, sp.plan)
+            return
+        res = _run_staged(c, be, sp, "resuming")
+        where, staged_ = sp.plan.entry, sp.staged
+        del sp
+    if c.json:
+        emit_json({"loaded": True, "image": str(image), "entry": where, "calls": res.calls,
+                   "staged": staged_})
+    else:
+        info(f"loaded {image} in {res.calls} call(s), entry {where:#x}: 'kexec-py exec' "
+             "resumes it")
+
+
+@cli.command("save-image")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--from", "source", metavar="PATH|model:",
+              help="The core to save: a file such as /proc/vmcore (default: ROOT/proc/vmcore), "
+                   "or 'model:' for the /proc/vmcore of the model backend's running kernel "
+                   "(the default with --backend model).")
+@click.option("--entry", type=ADDR, help="Jump-back entry to record (default: "
+              "kexec_jump_back_entry= from /proc/cmdline).")
+@click.option("--keep-zero-pages", is_flag=True,
+              help="Keep pages that read as zero in the PT_LOADs (as holes in the file); by "
+                   "default they are left out, so that a resume need not load all of RAM.")
+@pass_ctx
+def save_image(c: Ctx, out: Path, source: str | None, entry: int | None,
+               keep_zero_pages: bool) -> None:
+    """In the hibernating kernel: stream /proc/vmcore to OUT as a hibernation
+    image, recording the jump-back entry so that 'resume OUT' needs no --entry."""
+    from kexec_py import hibernate
+    from kexec_py.output import ProgressBar
+
+    be = c.backend()
+    if source is None:
+        source = "model:" if be.name == "model" else str(c.root / "proc/vmcore")
+    src: Any
+    if source == "model:":
+        src = hibernate.model_vmcore(be)
+        cmdline = hibernate.model_cmdline(be)
+    else:
+        src = hibernate.FileSource(Path(source))
+        cmdline = be.cmdline()
+    if entry is None:
+        entry = hibernate.jump_back_entry(cmdline)
+        if entry is None:
+            info("warning: no kexec_jump_back_entry= on /proc/cmdline: the image records no "
+                 "entry, and 'resume' will need --entry")
+    with ProgressBar(src.size, f"saving {out.name}", enabled=not c.json) as bar:
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.description = f"{phase} {out.name}"
+            bar.update(done, total)
+
+        r = hibernate.save_image(src, out, jump_back=entry, keep_zero_pages=keep_zero_pages,
+                                 progress=progress)
+    if c.json:
+        emit_json({"saved": r.out, "from": source, "file_size": r.file_size,
+                   "data_bytes": r.data_bytes, "loads": r.loads,
+                   "source_loads": r.source_loads, "zero_pages_left_out": r.zero_pages_left_out,
+                   "jump_back_entry": r.jump_back_entry})
+    else:
+        info(f"saved {source} to {out}: {r.loads} PT_LOADs, {r.data_bytes:#x} bytes of data"
+             + (f", jump-back entry {entry:#x}" if entry is not None else ""))
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the demo kernel and the image here (default: a temporary directory, "
+                   "removed at the end).")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed of the model's allocator and of the markers.")
+@pass_ctx
+def demo(c: Ctx, workdir: Path | None, seed: int) -> None:
+    """The whole kexec-based hibernation cycle on the model backend, step by
+    step; exits 0 only when every check holds."""
+    import tempfile
+
+    from kexec_py import demo as hib_demo
+    from kexec_py.output import console
+
+    con = console(stderr=True) if c.json else _console()
+    if workdir is not None:
+        res = hib_demo.run(con, workdir, seed=seed)
+    else:
+        with tempfile.TemporaryDirectory(prefix="kexec-py-demo-") as tmp:
+            res = hib_demo.run(con, Path(tmp), seed=seed)
+    if c.json:
+        emit_json({"ok": res.ok, "seconds": round(res.seconds, 3),
+                   "checks": [{"name": k.name, "ok": k.ok, "detail": k.detail}
+                              for k in res.checks]})
+    if not res.ok:
+        failed = ", ".join(k.name for k in res.checks if not k.ok)
+        raise KexecError(f"the demo failed: {failed}", "this is a bug in kexec-py or its model; "
+                         "please report the output")
+
+
 # --- running -----------------------------------------------------------------------
 
 
@@ -571,3 +807,23 @@ def run(args: list[str]) -> NoReturn:
                          "traceback\n")
         sys.exit(EXIT_ERROR)
     sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+def _subcommand_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    obj = ctx.find_object(Ctx)
+    if value and obj is not None:
+        obj.json = True
+
+
+def _add_json_to_subcommands(group: click.Group) -> None:
+    """``--json`` is global, and scripts also write it after the command
+    (``kexec-py status --json``): every subcommand accepts it too."""
+    for cmd in group.commands.values():
+        if not any(isinstance(p, click.Option) and "--json" in p.opts for p in cmd.params):
+            cmd.params.append(click.Option(["--json"], is_flag=True, expose_value=False,
+                                           callback=_subcommand_json,
+                                           help="Machine-readable output on stdout (the same "
+                                                "as the global --json)."))
+
+
+_add_json_to_subcommands(cli)

@@ -20,26 +20,37 @@ the checks read exactly what a stock kernel would show:
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from bisect import bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from kexec_py.abi import PAGE_SIZE
-from kexec_py.errors import FormatError, KexecError
+from kexec_py import backupmap, loader
+from kexec_py.abi import PAGE_SHIFT, PAGE_SIZE
+from kexec_py.backends import Backend
+from kexec_py.backupmap import NoteArea, WindowLayout
+from kexec_py.errors import FormatError, KexecError, PlanError, ProcfsError, UnsupportedError
 from kexec_py.formats.vmcore import (
     ELFCLASS64,
+    KEXEC_PY_NOTE,
+    NT_KEXEC_PY_JUMP_BACK,
     PT_LOAD,
     PT_NOTE,
+    CoreImage,
     ElfHeader,
     Note,
     parse_header,
     parse_notes,
     read_phdrs,
 )
+from kexec_py.loader import LoadRequest
+from kexec_py.ranges import MemRegion, Range, merge, ram_ranges
+from kexec_py.segments import Segment, fill_window
+from kexec_py.staging import Parameter, StagedPlan, plan_load
 
 #: a reader of physical memory: ``read(addr, size) -> bytes``
 PhysReader = Callable[[int, int], bytes]
@@ -256,3 +267,396 @@ def read_layout(src: Source) -> CoreLayout:
 def iter_chunks(total: int, chunk: int) -> Iterator[tuple[int, int]]:
     for off in range(0, total, chunk):
         yield off, min(chunk, total - off)
+
+
+# --- note areas of the running kernel (for the elfcorehdr's PT_NOTEs) -------------------
+
+
+def note_areas(root: Path | str) -> list[NoteArea]:
+    """Where the running kernel keeps the notes a kdump kernel reads: every
+    CPU's ``crash_notes`` (/sys/devices/system/cpu/cpuN/crash_notes, a
+    physical address in hex, and crash_notes_size) and the VMCOREINFO note
+    (/sys/kernel/vmcoreinfo: "<address> <size>" in hex), as kexec-tools
+    reads them.  Missing files (no CONFIG_CRASH_DUMP, the model) give none."""
+    from kexec_py import procfs
+
+    out: list[NoteArea] = []
+    base = Path(root) / "sys/devices/system/cpu"
+    try:
+        cpus = sorted((p for p in base.iterdir() if p.name[3:].isdigit()
+                       and p.name.startswith("cpu")), key=lambda p: int(p.name[3:]))
+    except OSError:
+        cpus = []
+    for cpu in cpus:
+        rel = f"sys/devices/system/cpu/{cpu.name}"
+        addr = procfs.read_text(root, f"{rel}/crash_notes")
+        size = procfs.read_text(root, f"{rel}/crash_notes_size")
+        if addr is None:
+            continue
+        try:
+            out.append(NoteArea(int(addr.strip(), 16),
+                                int(size.strip()) if size is not None else 0x400, cpu.name))
+        except ValueError as e:
+            raise ProcfsError(f"{root}/{rel}/crash_notes: not a hex address ({e})") from None
+    vmci = procfs.read_text(root, "sys/kernel/vmcoreinfo")
+    if vmci is not None and vmci.split():
+        try:
+            a, s = vmci.split()[:2]
+            out.append(NoteArea(int(a, 16), int(s, 16), "vmcoreinfo"))
+        except ValueError as e:
+            raise ProcfsError(f"{root}/sys/kernel/vmcoreinfo: expected '<addr> <size>' in hex "
+                              f"({e})") from None
+    return out
+
+
+# --- the hibernation load: a preserve-context kernel with the backup map --------------
+
+
+def call_budget(memmap: Sequence[MemRegion]) -> int:
+    """Bytes of segments one kexec_load call may carry: the kernel refuses
+    more than half of ``totalram_pages()``, which is a little less than the
+    firmware's RAM, so kexec-py keeps to 90 % of that half."""
+    pages = sum((r.end >> PAGE_SHIFT) - ((r.start + PAGE_SIZE - 1) >> PAGE_SHIFT)
+                for r in ram_ranges(memmap))
+    return max(PAGE_SIZE, (pages // 2) * 9 // 10 * PAGE_SIZE)
+
+
+@dataclass
+class HibernateLoad:
+    """A planned hibernation load: the staged plan (its parameter builds
+    the backup map), the window layout and the loaded kernel's command
+    line."""
+
+    staged: StagedPlan
+    layout: WindowLayout
+    cmdline: str
+    notes: list[str]
+
+
+def plan_hibernate_load(backend: Backend, req: LoadRequest, *, staged: str = "auto",
+                        encoding: str = "elfcorehdr",
+                        rng_seed: bytes | None = None) -> HibernateLoad:
+    """Plan ``load --staged --load-preserve-context --mem-min A --mem-max B``.
+
+    Like kexec-tools, every page of the window's RAM that no kernel segment
+    uses becomes a zero-filled backup segment, so the whole window is
+    swapped at the jump and comes back on return.  The backup map's
+    placeholder takes the top of the window; the loaded kernel is confined
+    to the rest (``memmap=exactmap``) and told where the map is
+    (``elfcorehdr=`` or ``kexec_backup_map=``).  Calls nothing.
+    """
+    if req.crash:
+        raise UnsupportedError("a hibernation load cannot be a crash kernel (-p)",
+                               "drop -p; staged loads are refused for crash kernels")
+    memmap = backend.memory_map()
+    within = loader.placement_window(req.mem_min, req.mem_max)
+    areas = note_areas(backend.root) if encoding == "elfcorehdr" else []
+    layout = backupmap.plan_window(memmap, within, encoding, extra_notes=len(areas))
+    cmdline = " ".join(t for t in [req.cmdline or "", *layout.cmdline] if t)
+    kernel, initrd = loader.map_inputs(req)
+    opts = loader.KernelOptions(
+        cmdline=cmdline, mem_min=req.mem_min, mem_max=layout.region.start - 1,
+        preserve_context=True, running_boot_params=loader.running_boot_params(backend.root),
+        rng_seed=rng_seed, image_type=req.image_type)
+    segs, entry, notes = loader.kernel_segments(kernel, initrd, memmap, opts)
+    if req.entry is not None:
+        notes.append(f"--entry {req.entry:#x} replaces the entry stub at {entry:#x}")
+        entry = req.entry
+    placeholder = Segment(layout.region.start, layout.region.size, 0, None, "backup map")
+    # pages of the window the kernel's own fill left out (above the placeholder)
+    extra = fill_window([*segs, placeholder], layout.ram, within, "window")
+    segs = sorted(segs + extra, key=lambda s: s.mem)
+    dest = merge([Range(s.mem, s.end) for s in segs] + [layout.region])
+    if dest != merge(layout.ram):
+        raise PlanError(
+            f"the loaded kernel's segments {describe(dest)} do not cover exactly the window's "
+            f"RAM {describe(layout.ram)}",
+            "a segment lies outside --mem-min/--mem-max; this is a bug in kexec-py")
+    param = Parameter(encoding, layout.region.start, layout.region.size,
+                      backupmap.parameter_builder(layout, memmap, areas))
+    sp = plan_load(segs, entry, flags=loader.kexec_load_flags(preserve_context=True),
+                   staged=staged, supported=backend.staged_supported(), parameter=param,
+                   max_call_bytes=call_budget(memmap))
+    pages = layout.dest_pages
+    sp.plan.notes[:0] = notes
+    sp.plan.notes.append(
+        f"backup map ({encoding}): up to {layout.worst_case:#x} bytes at {layout.region} for "
+        f"{pages} destination pages; the loaded kernel is confined to the window with "
+        f"{' '.join(layout.cmdline)}")
+    if encoding == "elfcorehdr" and 1 + len(areas) + 2 * pages + 2 * len(layout.ram) > \
+            backupmap.VMCORE_MAX_PHNUM:
+        sp.plan.notes.append(
+            "warning: in the worst case the backup map needs more than 65534 program "
+            "headers, which /proc/vmcore cannot read; the real count is checked before "
+            "KS_final (a smaller window always fits)")
+    return HibernateLoad(sp, layout, cmdline, sp.plan.notes)
+
+
+def plan_staged_kernel(backend: Backend, req: LoadRequest, *, staged: str = "auto",
+                       rng_seed: bytes | None = None) -> StagedPlan:
+    """``load --staged`` of a kernel without the hibernation window: the
+    kexec_load segments of ``req`` (as ``-c`` places them), packed into
+    stages only when they need it (``auto``) or always."""
+    memmap = backend.memory_map()
+    kernel, initrd = loader.map_inputs(req)
+    opts = loader.KernelOptions(
+        cmdline=req.cmdline or "", mem_min=req.mem_min, mem_max=req.mem_max,
+        preserve_context=req.preserve_context,
+        running_boot_params=loader.running_boot_params(backend.root), rng_seed=rng_seed,
+        image_type=req.image_type)
+    segs, entry, notes = loader.kernel_segments(kernel, initrd, memmap, opts)
+    if req.entry is not None:
+        notes.append(f"--entry {req.entry:#x} replaces the entry stub at {entry:#x}")
+        entry = req.entry
+    sp = plan_load(segs, entry, flags=loader.kexec_load_flags(req.preserve_context),
+                   staged=staged, supported=backend.staged_supported(),
+                   max_call_bytes=call_budget(memmap))
+    sp.plan.notes[:0] = notes
+    return sp
+
+
+def describe(ranges: Sequence[Range], limit: int = 3) -> str:
+    shown = ", ".join(str(r) for r in ranges[:limit])
+    return shown + (f" and {len(ranges) - limit} more" if len(ranges) > limit else "")
+
+
+# --- resume ---------------------------------------------------------------------------
+
+
+def check_image_in_ram(segs: Sequence[Segment], memmap: Sequence[MemRegion]) -> None:
+    """Every segment of an image must lie in RAM of this machine (the
+    kernel would write wherever it is told; kexec-tools refuses too)."""
+    ram = merge([m.range for m in memmap if m.is_ram or m.kind == "Crash kernel"])
+    starts = [r.start for r in ram]
+    for s in segs:
+        k = bisect_right(starts, s.mem) - 1
+        if k < 0 or s.end > ram[k].end:
+            raise PlanError(
+                f"the image's memory {s.describe()} is not inside this machine's RAM "
+                f"({describe(ram)})",
+                "resume the image on the machine it was saved on (same memory map)",
+                errno.EADDRNOTAVAIL)
+
+
+def plan_resume(backend: Backend, image: CoreImage, *, entry: int | None = None,
+                staged: str = "auto") -> StagedPlan:
+    """Plan loading every PT_LOAD of ``image`` at its physical address,
+    entered at ``entry`` (default: the jump-back entry in the image's
+    note).  A normal load (not preserve context): ``exec`` then jumps into
+    the hibernated kernel, which restores itself."""
+    if entry is None:
+        entry = image.jump_back_entry
+        if entry is None:
+            raise FormatError(
+                f"{image.name} does not say where to jump: it has no kexec-py note with the "
+                "jump-back entry", "give --entry (the kexec_jump_back_entry= value the "
+                "hibernating kernel saw on its command line)")
+    memmap = backend.memory_map()
+    segs = image.segments()
+    check_image_in_ram(segs, memmap)
+    sp = plan_load(segs, entry, flags=loader.kexec_load_flags(), staged=staged,
+                   supported=backend.staged_supported(), max_call_bytes=call_budget(memmap))
+    runs = len(segs)
+    sp.plan.notes.insert(0, f"{image.name}: {len(image.loads)} PT_LOAD(s) as {runs} segment(s), "
+                            f"{image.loads.total_memsz:#x} bytes of memory, "
+                            f"{image.loads.total_filesz:#x} from the file; entry {entry:#x}")
+    return sp
+
+
+# --- the hibernating kernel: its command line and its /proc/vmcore -------------------
+
+ZERO_DIGITS = "kexec_jump_back_entry=0x" + "0" * 16
+
+
+def jump_back_entry(cmdline: str) -> int | None:
+    """The ``kexec_jump_back_entry=`` value on a command line (None when it
+    is missing, or still the zeros the entry stub had not replaced)."""
+    value = backupmap.find_param(cmdline, "kexec_jump_back_entry")
+    if value is None:
+        return None
+    try:
+        v = int(value, 16)
+    except ValueError:
+        raise FormatError(f"kexec_jump_back_entry={value} on the command line is not hex",
+                          "give the entry with --entry") from None
+    return v or None
+
+
+def model_cmdline(backend: Any) -> str:
+    """The model's running kernel's /proc/cmdline.  The model does not run
+    our entry stub, which writes the jump-back address into the 16 zero
+    digits of ``kexec_jump_back_entry=0x...`` at the jump; this does it from
+    the model's record of the jump."""
+    run = backend.running()
+    cmd = str(run["cmdline"])
+    entered = run.get("entered") or {}
+    back = entered.get("jump_back_entry")
+    if back and ZERO_DIGITS in cmd:
+        cmd = cmd.replace(ZERO_DIGITS, f"kexec_jump_back_entry=0x{back:016x}")
+    return cmd
+
+
+def vmcore_view(read_phys: PhysReader, cmdline: str, name: str = "/proc/vmcore") -> VmcoreView:
+    """/proc/vmcore of a kernel booted with ``cmdline``: found through its
+    ``elfcorehdr=<size>@<addr>``."""
+    value = backupmap.find_param(cmdline, "elfcorehdr")
+    if value is None:
+        raise KexecError("the running kernel has no elfcorehdr= on its command line, so it "
+                         "has no /proc/vmcore",
+                         "save-image runs in the hibernating kernel (loaded with 'kexec-py load "
+                         "--staged --load-preserve-context ...' and entered with 'exec')")
+    try:
+        size, addr = backupmap.parse_size_at(value)
+    except ValueError:
+        raise KexecError(f"elfcorehdr={value}: expected <size>@<addr>",
+                         "kexec-py passes elfcorehdr=<size>@<addr>") from None
+    return VmcoreView(read_phys, addr, size, name)
+
+
+def model_vmcore(backend: Any) -> VmcoreView:
+    """The model's running kernel's /proc/vmcore (``--from model:``)."""
+    if not hasattr(backend, "read_phys"):
+        raise UnsupportedError("--from model: needs --backend model",
+                               "give the path of /proc/vmcore instead")
+    return vmcore_view(backend.read_phys, model_cmdline(backend), "model:/proc/vmcore")
+
+
+# --- save-image ---------------------------------------------------------------------------
+
+
+@dataclass
+class SaveResult:
+    out: str
+    file_size: int
+    data_bytes: int
+    loads: int
+    source_loads: int
+    zero_pages_left_out: int
+    jump_back_entry: int | None
+
+
+def _nonzero_runs(src: Source, paddr: int, offset: int, filesz: int,
+                  chunk: int, tick: Callable[[int], None]) -> Iterator[tuple[int, int]]:
+    """``(start, length)`` within ``[0, filesz)`` of runs of pages that are
+    not all zero (page granular relative to ``paddr``'s page)."""
+    zero = bytes(PAGE_SIZE)
+    run = -1
+    pos = 0
+    head = paddr & (PAGE_SIZE - 1)
+    while pos < filesz:
+        n = min(chunk, filesz - pos)
+        data = src.read(offset + pos, n)
+        if len(data) != n:
+            raise KexecError(f"{src.name}: short read at {offset + pos:#x}",
+                             "the source ended early")
+        tick(n)
+        if data.count(0) == n:
+            if run >= 0:
+                yield run, pos - run
+                run = -1
+            pos += n
+            continue
+        # walk pages; the first page may be partial when paddr is not aligned
+        p = 0
+        while p < n:
+            step = min(PAGE_SIZE - ((head + pos + p) & (PAGE_SIZE - 1)), n - p)
+            is_zero = data[p:p + step] == zero[:step]
+            if is_zero and run >= 0:
+                yield run, pos + p - run
+                run = -1
+            elif not is_zero and run < 0:
+                run = pos + p
+            p += step
+        pos += n
+    if run >= 0:
+        yield run, filesz - run
+
+
+def save_image(src: Source, out: Path, *, jump_back: int | None,
+               keep_zero_pages: bool = False, chunk: int = 1 << 20,
+               progress: Callable[[str, int, int], None] | None = None) -> SaveResult:
+    """Stream the core in ``src`` to ``out`` as a hibernation image.
+
+    The image is an ELF64 core (:mod:`kexec_py.formats.corewriter`): the
+    source's notes plus kexec-py's jump-back note, and its PT_LOADs.  By
+    default pages that read as zero are left out of the PT_LOADs (a
+    page-filtered image: a resume must not have to load all of RAM, which
+    no kernel could hold while it runs); ``keep_zero_pages`` keeps them as
+    holes in the file instead.  Written to ``out.part``, fsync'ed, then
+    renamed, so ``out`` is either complete or absent.
+    ``progress(phase, done, total)`` is called as bytes are read.
+    """
+    from kexec_py.formats.corewriter import CoreLoad, write_core
+
+    layout = read_layout(src)
+    total = layout.data_bytes
+    tick_done = [0]
+
+    def ticker(phase: str, of: int) -> Callable[[int], None]:
+        def tick(n: int) -> None:
+            tick_done[0] += n
+            if progress is not None:
+                progress(phase, tick_done[0], of)
+        return tick
+
+    pieces: list[tuple[int, int, int, int]] = []  # paddr, src offset, filesz, memsz
+    zero_pages = 0
+    if keep_zero_pages:
+        pieces = list(layout.loads)
+    else:
+        tick = ticker("scan", total)
+        for paddr, off, filesz, memsz in layout.loads:
+            kept = 0
+            for start, length in _nonzero_runs(src, paddr, off, filesz, chunk, tick):
+                pieces.append((paddr + start, off + start, length, length))
+                kept += length
+            zero_pages += (memsz - kept) // PAGE_SIZE
+    written = sum(p[2] for p in pieces)
+    tick_done[0] = 0
+    tick = ticker("write", written)
+
+    def chunks_of(off: int, filesz: int) -> Callable[[], Iterator[tuple[int, bytes]]]:
+        def gen() -> Iterator[tuple[int, bytes]]:
+            zero_chunk = bytes(chunk)
+            for rel in range(0, filesz, chunk):
+                n = min(chunk, filesz - rel)
+                data = src.read(off + rel, n)
+                tick(n)
+                if data != zero_chunk[:n]:
+                    yield rel, data
+        return gen
+
+    loads = [CoreLoad(paddr, memsz, chunks_of(off, filesz), filesz=filesz)
+             for paddr, off, filesz, memsz in pieces]
+    notes: list[tuple[bytes | str, int, bytes]] = [(n.name, n.type, n.desc)
+                                                   for n in layout.notes
+                                                   if n.name != KEXEC_PY_NOTE]
+    if jump_back is not None:
+        notes.append((KEXEC_PY_NOTE, NT_KEXEC_PY_JUMP_BACK, struct.pack("<Q", jump_back)))
+    part = out.with_name(out.name + ".part")
+    try:
+        with open(part, "wb") as f:
+            stats = write_core(f, loads, notes, machine=layout.elf.machine)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, out)
+        dfd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        try:
+            part.unlink()
+        except OSError:
+            pass
+        raise KexecError(f"cannot write {out}: {e.strerror}",
+                         "check the target file system (space, permissions)") from None
+    except BaseException:
+        try:
+            part.unlink()
+        except OSError:
+            pass
+        raise
+    return SaveResult(str(out), stats.file_size, stats.data_bytes, stats.loads,
+                      len(layout.loads), zero_pages, jump_back)

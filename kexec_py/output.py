@@ -80,7 +80,8 @@ class ProgressBar:
                                  transient=True)
             self._bar.start()
             self._task = self._bar.add_task(self.description, total=self.total)
-        self._bar.update(self._task, completed=done, total=self.total)
+        self._bar.update(self._task, completed=done, total=self.total,
+                         description=self.description)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
