@@ -360,7 +360,8 @@ windows = st.tuples(st.integers(4, 40), st.integers(8, 20)).map(
     lambda t: (t[0] * MIB, (t[0] + t[1]) * MIB))
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(0, 1 << 16), st.sampled_from([0.0, 0.25, 0.9]), windows,
        st.lists(st.integers(0x100, (64 * MIB >> PAGE_SHIFT) - 1), min_size=1, max_size=40))
 def test_backup_map_shows_the_original_memory(tmp_path: Path, seed: int, collide: float,
