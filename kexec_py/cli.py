@@ -181,6 +181,24 @@ class Address(_IntParam):
 ADDR = Address()
 
 
+if TYPE_CHECKING:
+    _StrChoice = click.Choice[str]
+else:  # click < 8.2 has no generic Choice
+    _StrChoice = click.Choice
+
+
+class StagedMode(_StrChoice):
+    """``--staged [MODE]``: the value is optional, so a word after it is
+    taken as the mode; say how to write it when that word is the kernel."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value not in self.choices:
+            self.fail(f"{value!r} is not auto, always or never: write --staged=MODE, or put "
+                      "--staged after KERNEL or before another option", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @cli.command()
 @click.argument("kernel", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--initrd", "--ramdisk", "initrd", type=click.Path(dir_okay=False, path_type=Path),
@@ -213,7 +231,7 @@ ADDR = Address()
                    "kexec_load only.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (system call, entry, flags, "
               "segments) and call nothing; with --json, the plan document.")
-@click.option("--staged", type=click.Choice(["auto", "always", "never"]), is_flag=False,
+@click.option("--staged", type=StagedMode(["auto", "always", "never"]), is_flag=False,
               flag_value="auto", default=None, metavar="[auto|always|never]",
               help="Load with kexec_load in stages of at most 16 segments (the multi-stage load "
                    "protocol; needs /proc/kexec_pgmap): auto only when one call cannot do it. "
