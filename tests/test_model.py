@@ -325,6 +325,12 @@ def test_write_phys_guards_image_pages_and_non_ram() -> None:
     src = b.pgmap().pairs()[0][1]
     with pytest.raises(KexecError, match="kexec image"):
         b.write_phys(src * P, b"x")
+    free = b.kernel.free_pages()
+    before = [p for p in range(src - 8, src) if p not in b.kernel.level.owner]
+    assert before  # free pages right below the source page ...
+    with pytest.raises(KexecError, match="kexec image"):
+        b.write_phys((src - 8) * P, bytes(9 * P))
+    assert b.kernel.free_pages() == free  # ... stay free when the write is refused
     with pytest.raises(KexecError, match="not inside one RAM range"):
         b.write_phys(0xA0000, b"x")
     with pytest.raises(KexecError, match="not inside one RAM range"):

@@ -35,7 +35,6 @@ from typing import Any, BinaryIO
 from kexec_py import abi, procfs
 from kexec_py.backends import Status, has_cap_sys_boot
 from kexec_py.errors import KexecError, SyscallError, UnsupportedError
-from kexec_py.model import fileload
 from kexec_py.model.config import ModelConfig, config_for_root
 from kexec_py.model.kernel import (
     FLAVOURS,
@@ -322,6 +321,8 @@ class ModelBackend:
 
     def _file_load(self, kw: ModelKernel, kernel_fd: int, initrd_fd: int,
                    cmdline: bytes | None, flags: int, crash: bool) -> None:
+        from kexec_py.model import fileload
+
         kv = fileload.FileView(kernel_fd, "kernel")
         iv: fileload.FileView | None = None
         try:
@@ -419,6 +420,9 @@ class ModelBackend:
         return self.flavour == "patched"
 
     def pgmap(self) -> PageMap:
+        """/proc/kexec_pgmap of the staged load in progress, else of the
+        installed image.  The model's order is insertion order (the
+        kernel's is hash order): userspace must not depend on it."""
         if self.flavour != "patched":
             raise UnsupportedError(
                 "this kernel has no /proc/kexec_pgmap: it does not speak the multi-stage "

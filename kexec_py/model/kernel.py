@@ -826,17 +826,17 @@ class ModelKernel:
         image holds, or that belong to a kernel frozen by a jump."""
         lvl = self.level
         first, end = addr >> PAGE_SHIFT, (addr + size + PAGE_SIZE - 1) >> PAGE_SHIFT
-        for p in range(first, end):
-            if p not in self.pool:
-                continue
+        pages = [p for p in range(first, end) if p in self.pool]
+        for p in pages:
             o = lvl.owner.get(p)
-            if o is None:
-                lvl.owner[p] = 0
-                lvl.nfree -= 1
-            elif o != 0:
+            if o is not None and o != 0:
                 what = ("belongs to a kernel frozen by a kexec jump" if o < 0
                         else "holds a page of a loaded kexec image")
                 raise KernelErr(errno.EFAULT, f"page {p << PAGE_SHIFT:#x} {what}")
+        for p in pages:
+            if p not in lvl.owner:
+                lvl.owner[p] = 0
+                lvl.nfree -= 1
 
     # --- checks for tests ----------------------------------------------------------------------
 
