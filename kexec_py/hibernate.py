@@ -1,21 +1,30 @@
-"""Kexec-based hibernation: the hibernating kernel's /proc/vmcore, saving
-it as an image, and the plan of a resume.
+"""Kexec-based hibernation: planning the hibernation load and the resume,
+the hibernating kernel's /proc/vmcore, and saving it as an image.
 
-``/proc/vmcore`` of a kernel booted with ``elfcorehdr=<size>@<addr>`` is
-built by the kernel from that header (fs/proc/vmcore.c, 6.1):
-:class:`VmcoreView` builds the same file from any physical-memory reader
-(the model's memory, in the demo and the tests), so that ``save-image`` and
-the checks read exactly what a stock kernel would show:
+- :func:`plan_hibernate_load`: ``load --staged --load-preserve-context
+  --mem-min A --mem-max B``: the kernel's segments placed below the backup
+  map's placeholder (top of the window), zero-filled backup segments over
+  every other page of the window's RAM, the placeholder in KS_start and the
+  map (:mod:`kexec_py.backupmap`) in KS_final; the loaded kernel's command
+  line confines it to the window (``memmap=exactmap ...``) and says where
+  the map is.
+- :func:`plan_resume`: every PT_LOAD of an image at its physical address,
+  entered at the image's jump-back entry.
+- :class:`VmcoreView`: ``/proc/vmcore`` of a kernel booted with
+  ``elfcorehdr=<size>@<addr>``, built from any physical-memory reader as a
+  stock kernel builds it (fs/proc/vmcore.c, 6.1):
 
-- the ELF header and program headers are read from physical memory at
-  ``addr``; every PT_NOTE's notes are read from physical memory at its
-  ``p_offset``, cut at the first note with ``n_namesz == 0``, and merged
-  into one PT_NOTE that comes first, at ``roundup(ehdr + phnum * phentsize,
-  PAGE_SIZE)``;
-- the PT_LOADs follow in header order: each covers ``[rounddown(p_offset),
-  roundup(p_offset + p_memsz))`` of physical memory, placed one after the
-  other from ``elfsz + roundup(notes, PAGE_SIZE)``, its ``p_offset``
-  rewritten to the file offset of ``p_paddr``'s data.
+  - the ELF header and program headers are read from physical memory at
+    ``addr``; every PT_NOTE's notes are read from physical memory at its
+    ``p_offset``, cut at the first note with ``n_namesz == 0``, and merged
+    into one PT_NOTE that comes first, at ``roundup(ehdr + phnum *
+    phentsize, PAGE_SIZE)``;
+  - the PT_LOADs follow in header order: each covers ``[rounddown(p_offset),
+    roundup(p_offset + p_memsz))`` of physical memory, placed one after the
+    other from ``elfsz + roundup(notes, PAGE_SIZE)``, its ``p_offset``
+    rewritten to the file offset of ``p_paddr``'s data.
+- :func:`save_image`: a core (``/proc/vmcore``, a file, the model's view)
+  streamed to an image with kexec-py's jump-back note, page-filtered.
 """
 
 from __future__ import annotations
