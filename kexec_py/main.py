@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if prog is not None and prog.rsplit("/", 1)[-1] == "kexec":
         from kexec_py.compat import main as compat_main
 
-        sys.exit(compat_main(args, "kexec"))
+        sys.exit(compat_main(args, prog))  # getopt's messages name argv[0] as given
     if args == ["--version"]:
         from kexec_py import __version__
 

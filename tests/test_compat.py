@@ -513,6 +513,10 @@ def test_main_dispatches_on_the_program_name(tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(SystemExit) as e:
         main(["-S", "-l"], "kexec")
     assert e.value.code == 0
+    with pytest.raises(SystemExit) as e:  # getopt names argv[0] as given
+        main(["--bogus"], "/usr/sbin/kexec")
+    assert e.value.code == 1
+    assert capsys.readouterr().err.startswith("/usr/sbin/kexec: unrecognized option '--bogus'\n")
     with pytest.raises(SystemExit) as e:  # another name: the native CLI
         main(["-e"], "kexec-py")
     assert e.value.code == 2
