@@ -6,7 +6,7 @@ _kexec_py() {
     cmd=""
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            exec|load|status|unload) cmd="${COMP_WORDS[i]}"; break ;;
+            compat|demo|dump-memory|exec|inspect|load|model-reset|pgmap|resume|save-image|status|unload) cmd="${COMP_WORDS[i]}"; break ;;
         esac
     done
     case "$prev" in
@@ -14,15 +14,36 @@ _kexec_py() {
         --root) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --model-state) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --model-kernel) COMPREPLY=($(compgen -W 'patched stock-6.1 stock-6.6' -- "$cur")); return ;;
+        --workdir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --seed) return ;;
         --initrd|--ramdisk) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --append|--command-line) return ;;
+        -t|--type) COMPREPLY=($(compgen -W 'bzImage64 elf-x86_64' -- "$cur")); return ;;
+        --entry) return ;;
+        --mem-min) return ;;
+        --mem-max) return ;;
+        --staged) COMPREPLY=($(compgen -W 'auto always never' -- "$cur")); return ;;
+        --backup-map) COMPREPLY=($(compgen -W 'elfcorehdr raw' -- "$cur")); return ;;
+        --memory) return ;;
+        --crashkernel) return ;;
+        --collide) return ;;
+        --limit) return ;;
+        --from) return ;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W '--version --backend --root --json -v --verbose --model-state --model-kernel -h --help exec load status unload' -- "$cur")); return ;;
-        exec) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--no-sync -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
-        load) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--initrd --ramdisk --append --command-line --reuse-cmdline -p --crash --load-panic -s --file-syscall -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
-        status) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '-h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
-        unload) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '-p --crash --load-panic -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
+        "") COMPREPLY=($(compgen -W '--version --backend --root --json -v --verbose --model-state --model-kernel -h --help compat demo dump-memory exec inspect load model-reset pgmap resume save-image status unload' -- "$cur")); return ;;
+        compat) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
+        demo) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--workdir --seed --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
+        dump-memory) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        exec) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--no-sync --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
+        inspect) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        load) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--initrd --ramdisk --append --command-line --reuse-cmdline -p --crash --load-panic -a --kexec-syscall-auto -c --kexec-syscall -s --kexec-file-syscall --file-syscall -t --type --entry --mem-min --mem-max --load-preserve-context --dry-run --staged --backup-map --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        model-reset) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--memory --crashkernel --seed --collide --no-cap-sys-boot --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
+        pgmap) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--raw --limit --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
+        resume) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--entry --staged --dry-run --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        save-image) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--from --entry --keep-zero-pages --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        status) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
+        unload) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '-p --crash --load-panic --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
     esac
 }
 complete -o filenames -F _kexec_py kexec-py
