@@ -522,6 +522,17 @@ def run(argv: Sequence[str], env: Env, prog: str = "kexec") -> int:
         if e.hint:
             env.err.write(f"hint: {e.hint}\n")
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        env.err.write("kexec: interrupted\n")
+        return 130
+    except Exception as e:  # a bug: one line, no traceback (kexec -d shows it)
+        if plan.debug:
+            import traceback
+
+            traceback.print_exc(file=env.err)
+        env.err.write(f"kexec: internal error: {type(e).__name__}: {e}\n"
+                      "hint: this is a bug in kexec-py; run again with -d and report it\n")
+        return EXIT_FAILED
     finally:
         syscall.trace = old
 
@@ -565,7 +576,8 @@ def _carry_out(p: Plan, env: Env, trace: Callable[[str], None] | None) -> int:
         return _shutdown(env)
     if p.do_sync:
         env.backend().sync()
-    if p.do_ifdown:
+    if p.do_ifdown and env.backend().name == "linux" and str(env.root) == "/":
+        # only for the running kernel's own exec: never on a model or a --root
         env.ifdown(trace or (lambda _line: None))
     if p.do_exec:
         try:
@@ -774,42 +786,10 @@ def _shutdown(env: Env) -> int:
                  EXIT_FAILED, hint="run 'kexec -e' to boot the loaded kernel without shutdown")
 
 
-# --- kexec-tools' ifdown() ------------------------------------------------------------
-
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
-
-
 def _ifdown(trace: Callable[[str], None]) -> None:
-    """Bring every network interface down before the exec, as kexec-tools'
-    ``ifdown()`` does (``-x`` skips it): for each interface that is up,
-    clear IFF_UP with SIOCSIFFLAGS.  Failures are ignored, as there; a
-    device whose driver keeps DMA running across the jump would otherwise
-    write into the new kernel's memory."""
-    import fcntl
-    import socket
-    import struct
+    from kexec_py.netdown import ifdown
 
-    try:
-        names = [n for _, n in socket.if_nameindex()]
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    except OSError as e:
-        trace(f"ifdown: {e.strerror}")
-        return
-    with sock:
-        for name in names:
-            req = struct.pack("16sH22x", name.encode()[:15], 0)
-            try:
-                got = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, req)
-                flags = struct.unpack_from("16sH", got)[1]
-                if not flags & _IFF_UP:
-                    continue
-                trace(f"ioctl({name}, SIOCSIFFLAGS, {flags & ~_IFF_UP:#x})")
-                fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS,
-                            struct.pack("16sH22x", name.encode()[:15], flags & ~_IFF_UP))
-            except OSError as e:
-                trace(f"ifdown {name}: {e.strerror}")
+    ifdown(trace)
 
 
 # --- entry points ---------------------------------------------------------------------

@@ -392,11 +392,55 @@ def test_exec_with_nothing_loaded(root: Path) -> None:
     assert r.be.calls == [] and r.ifdowns == 0
 
 
-def test_exec_syncs_brings_interfaces_down_and_reboots(root: Path) -> None:
-    r = Run(Recorder(root, loaded=True), ["-e"])
+class RunningKernel(Recorder):
+    """A recorder that says it is the running kernel, at root /."""
+
+    name = "linux"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(Path("/"), **kw)
+
+
+def test_exec_syncs_brings_interfaces_down_and_reboots(root: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(procfs, "kexec_loaded", lambda root: True)
+    r = Run(RunningKernel(loaded=True), ["-e"])
     assert r.rc == 0 and r.be.names() == ["sync", "reboot"] and r.ifdowns == 1
-    r = Run(Recorder(root, loaded=True), ["-exy"])
+    r = Run(RunningKernel(loaded=True), ["-exy"])
     assert r.rc == 0 and r.be.names() == ["reboot"] and r.ifdowns == 0
+    # never for a model backend or another --root: only the running kernel's exec
+    r = Run(Recorder(root, loaded=True), ["-e"])
+    assert r.rc == 0 and r.be.names() == ["sync", "reboot"] and r.ifdowns == 0
+
+
+def test_netdown_clears_iff_up_of_the_interfaces_that_are_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import _socket
+    import fcntl
+
+    from kexec_py import netdown
+
+    flags = {"lo": 0x49, "eth0": 0x1043, "wg0": 0x90}
+    calls: list[tuple[str, int]] = []
+
+    def ioctl(fd: int, req: int, arg: bytes) -> bytes:
+        name, value = netdown.IFREQ.unpack(arg)
+        name = name.rstrip(b"\0").decode()
+        if name == "wg0":
+            raise OSError(errno.ENODEV, "No such device")
+        if req == netdown.SIOCGIFFLAGS:
+            return netdown.IFREQ.pack(name.encode(), flags[name])
+        calls.append((name, value))
+        return arg
+
+    monkeypatch.setattr(_socket, "if_nameindex",
+                        lambda: [(1, "lo"), (2, "eth0"), (3, "wg0"), (4, "dummy0")])
+    flags["dummy0"] = 0x82  # down already
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    lines: list[str] = []
+    assert netdown.ifdown(lines.append) == 2
+    assert calls == [("lo", 0x48), ("eth0", 0x1042)]
+    assert "ifdown wg0: No such device" in lines
 
 
 def test_exec_refused(root: Path) -> None:
@@ -408,7 +452,7 @@ def test_force_loads_and_execs_without_shutdown(root: Path, kernel: str) -> None
     r = Run(Recorder(root), ["-f", kernel, "--append=x"])
     assert r.rc == 0
     assert r.be.names() == ["kexec_file_load", "sync", "reboot"]
-    assert r.execs == [] and r.ifdowns == 1
+    assert r.execs == [] and r.ifdowns == 0  # not the running kernel: interfaces stay up
 
 
 def test_no_l_or_e_loads_then_runs_shutdown(root: Path, kernel: str) -> None:
