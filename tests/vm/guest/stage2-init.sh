@@ -4,6 +4,8 @@
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+# keep kernel messages from splitting the @@STAGE2 lines below
+dmesg -n 1 2>/dev/null
 read -r up _ < /proc/uptime
 echo "@@STAGE2 uptime=$up"
 echo "@@STAGE2 kernel=$(uname -r)"
