@@ -24,65 +24,15 @@ Boots:
 from __future__ import annotations
 
 import secrets
-import subprocess
-import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from vm import harness
 from vm.harness import SerialLog, record
+from vm.patched.common import boot, checks, require, times
 
 pytestmark = pytest.mark.vm
-
-HERE = Path(__file__).resolve().parent
-GUEST = HERE / "guest"
-BUILD = HERE.parents[2] / "kernel" / "build.sh"
-#: a clean build takes 5-7 minutes on 2 cores; a cached one seconds
-BUILD_TIMEOUT = 3600
-
-
-@pytest.fixture(scope="session")
-def patched_kernel(vm_ready: None) -> Path:
-    """kernel/build.sh: the directory of the built (or cached) kernel."""
-    t0 = time.monotonic()
-    try:
-        p = subprocess.run([str(BUILD)], stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=BUILD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"kernel/build.sh took more than {BUILD_TIMEOUT} s", pytrace=False)
-    if p.returncode != 0:
-        pytest.fail(f"kernel/build.sh failed ({p.returncode}):\n{p.stderr[-6000:]}",
-                    pytrace=False)
-    out = Path(p.stdout.strip().splitlines()[-1])
-    how = "cached" if "cached" in p.stderr else "built"
-    record("kernel", f"KERNEL {how} in {time.monotonic() - t0:.1f}s: {out}",
-           seconds=time.monotonic() - t0, path=str(out), how=how)
-    assert (out / "bzImage").is_file() and (out / "vmlinux").is_file(), out
-    return out
-
-
-def boot(name: str, script: str, kernel: Path, payload: Path, *, memory: int = 512,
-         smp: int = 1, append: str = "", params: Mapping[str, str] | None = None,
-         timeout: int = harness.DEFAULT_TIMEOUT) -> SerialLog:
-    """harness.boot of guest/SCRIPT as scenario NAME, with kstage.py in the
-    initramfs and ``payload`` as /boot/vmlinuz."""
-    extra = {f"scenarios/{name}.sh": (GUEST / script).read_bytes(),
-             "patched/kstage.py": (GUEST / "kstage.py").read_bytes()}
-    initrd = harness.build_initrd(payload, extra)
-    words = ["console=ttyS0", "panic=-1", f"kexec_py.scenario={name}"]
-    words += [f"kexec_py.{k}={v}" for k, v in (params or {}).items()]
-    if append:
-        words.append(append)
-    log = harness.boot(name, kernel, initrd, " ".join(words), memory, smp, timeout)
-    if log.fatal():
-        raise harness.HarnessError(f"{name}: the guest gave up: {log.fatal()}; log {log.path}")
-    m = log.milestones()
-    record("patched", f"BOOT {name}: " + " ".join(f"{k}={v:.1f}s" for k, v in m.items())
-           + f" (qemu status {log.status}, TCG, {smp} CPU)", duration=log.duration,
-           milestones=m, log=str(log.path))
-    return log
 
 
 @pytest.fixture(scope="module")
@@ -111,36 +61,6 @@ def kclassic(request: pytest.FixtureRequest, patched_kernel: Path) -> tuple[Seri
 def kstock(vm_ready: None) -> SerialLog:
     stock = harness.default_kernel()
     return boot("patched_kstock", "kstage-stock.sh", stock, stock)
-
-
-def checks(log: SerialLog, step: str) -> dict[str, str]:
-    """{check name: "ok" or "FAIL detail"} from kstage.py's output in STEP;
-    fails on a crash of kstage.py or a failed check."""
-    st = log.step(step)
-    res: dict[str, str] = {}
-    for line in st.out_lines:
-        if line.startswith("check "):
-            name, _, verdict = line[len("check "):].partition(": ")
-            res[name] = verdict
-    failed = {k: v for k, v in res.items() if v != "ok"}
-    assert not failed, f"{step}: failed checks {failed}\n{st}\nlog: {log.path}"
-    assert st.rc == 0, f"{st}\nlog: {log.path}"
-    assert "Traceback" not in st.err, st
-    return res
-
-
-def times(log: SerialLog, step: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in log.step(step).out_lines:
-        if line.startswith("time "):
-            _, label, sec = line.split()
-            out[label] = float(sec)
-    return out
-
-
-def require(res: dict[str, str], *names: str) -> None:
-    missing = [n for n in names if n not in res]
-    assert not missing, f"checks that did not run: {missing}"
 
 
 # --- synthetic staged loads -----------------------------------------------------------------

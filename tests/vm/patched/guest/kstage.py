@@ -25,6 +25,17 @@ Commands (one per guest step):
                    KS_start, two KS_mid, KS_final (segments from kexec-py's
                    kexec_load planner, split and reordered here)
   exec             reboot(LINUX_REBOOT_CMD_KEXEC)
+  mkjump OUT ADDR  a one-page ELF of that code at ADDR, for kexec-py
+  jump-check PFN N after kexec-py loaded /patched/jump.elf and jumped N times:
+                   the code at PFN ran N times
+  kpy-failed-mid   kexec-py's executor with a KS_mid the kernel refuses
+  kpy-stages CORE ENTRY
+                   kexec-py's resume of CORE, ``kexec-py pgmap`` between
+                   stages
+  mkcore OUT MARKER N
+                   the same kernel as an ELF core of N PT_LOADs, for
+                   ``kexec-py resume`` (a load of many segments); prints
+                   the entry
 
 Output: ``check NAME: ok`` or ``check NAME: FAIL detail`` per check,
 ``time LABEL SECONDS`` per timed call, ``info ...`` lines; the exit status
@@ -479,16 +490,23 @@ def pgmap_format():
 # --- a real kernel, loaded in stages ------------------------------------------------------
 
 
-def load(marker):
+def plan_kernel(marker, kernel="/boot/vmlinuz", initrd="/boot/stage2.cpio.gz"):
+    """kexec-py's one-call kexec_load plan of KERNEL + INITRD (its placement,
+    boot_params and entry stub): (entry, {segment name: Segment})."""
     from kexec_py import loader
     from kexec_py.backends.linux import LinuxBackend
 
-    req = loader.LoadRequest(kernel=Path("/boot/vmlinuz"), initrd=Path("/boot/stage2.cpio.gz"),
+    req = loader.LoadRequest(kernel=Path(kernel), initrd=Path(initrd),
                              cmdline=f"console=ttyS0 panic=-1 KEXEC_PY_MARKER={marker}",
                              syscall="load")
     plan = loader.plan_kexec_load(LinuxBackend(Path("/")), req)
     segs = {s.name: s for s in plan.calls[0].segments}
     info("plan: " + ", ".join(f"{s.name} {s.mem:#x}+{s.memsz:#x}" for s in segs.values()))
+    return plan.entry, segs
+
+
+def load(marker):
+    entry, segs = plan_kernel(marker)
 
     def seg(s, lo=0, hi=None):
         hi = s.memsz if hi is None else hi
@@ -498,7 +516,7 @@ def load(marker):
     initrd, kernel, params = segs["initrd"], segs["kernel"], segs["boot_params"]
     half = initrd.memsz // 2 // PAGE * PAGE
     rest = [s for n, s in segs.items() if n not in ("initrd", "kernel", "boot_params")]
-    k = Staged("boot", plan.entry)
+    k = Staged("boot", entry)
     # boot_params: a zero placeholder first, the real page in KS_final
     k.call(START, [Seg(params.mem, params.memsz), seg(initrd, 0, half)])
     verify("boot/after-start", k.model)
@@ -510,6 +528,170 @@ def load(marker):
     k.call(FINAL, [seg(params)] + [seg(s) for s in rest])
     check("boot/loaded", loaded() == "1", f"kexec_loaded={loaded()}")
     verify("boot/after-final", k.model)
+
+
+def mkcore(out, marker, count):
+    """Write the kernel of ``plan_kernel`` as an ELF core of ``count``
+    PT_LOADs (pieces of its segments, none of which kexec-py coalesces:
+    each has file data as long as its memory, with a gap in the file after
+    it), for ``kexec-py resume --entry``; the entry goes to OUT.entry."""
+    entry, segs = plan_kernel(marker)
+    pieces = [(s.mem, s.memsz, s) for s in segs.values()]
+    while len(pieces) < count:
+        pieces.sort(key=lambda p: p[1])
+        mem, size, s = pieces.pop()
+        if size < 2 * PAGE:
+            raise RuntimeError(f"cannot cut {count} pieces")
+        half = size // 2 // PAGE * PAGE
+        pieces += [(mem, half, s), (mem + half, size - half, s)]
+    pieces.sort()
+    phoff, n = 64, len(pieces)
+    pos = (phoff + 56 * n + PAGE - 1) // PAGE * PAGE
+    with open(out, "wb") as f:
+        phdrs = []
+        for mem, size, s in pieces:
+            lo = mem - s.mem
+            data = bytes(s.buf[lo:min(lo + size, s.bufsz)]) if s.buf is not None else b""
+            f.seek(pos)
+            f.write(data)  # the rest of the piece stays a hole: zeros
+            phdrs.append(struct.pack("<IIQQQQQQ", 1, 7, pos, 0, mem, size, size, 0))
+            pos += size + PAGE
+        f.truncate(pos)
+        f.seek(0)
+        f.write(b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+                + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, phoff, 0, 0, 64, 56, n, 0, 0, 0))
+        f.write(b"".join(phdrs))
+    Path(f"{out}.entry").write_text(f"{entry:#x}\n")
+    print(f"entry {entry:#x}")
+
+
+# --- kexec-py driving the patched kernel -------------------------------------------------------
+
+
+def run(argv):
+    """(exit status, stdout) of a command; its stderr is ours.  (The
+    guest's python has no subprocess module.)"""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(w, 1)
+        os.close(r)
+        os.execv(argv[0], argv)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 1 << 16):
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks)
+
+
+def mkjump(out, addr):
+    """JUMP_CODE as an ELF executable with one PT_LOAD at physical ``addr``,
+    for ``kexec-py load -t elf-x86_64 --entry ADDR --load-preserve-context``
+    (the idea of tools/testing/selftests/kexec/test_kexec_jump.c)."""
+    code = JUMP_CODE + struct.pack("<Q", COUNTER0)
+    ehdr = (b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+            + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, addr, 64, 0, 0, 64, 56, 1, 0, 0, 0))
+    phdr = struct.pack("<IIQQQQQQ", 1, 7, PAGE, addr, addr, len(code), PAGE, PAGE)
+    head = ehdr + phdr
+    Path(out).write_bytes(head + bytes(PAGE - len(head)) + code)
+
+
+def jump_check(dst_pfn, jumps):
+    """After ``kexec-py exec`` of /patched/jump.elf (JUMP_CODE at pfn
+    ``dst_pfn``) returned ``jumps`` times: the code ran that often."""
+    data = read_pgmap()
+    if not check("jump-check/pgmap", isinstance(data, bytes), f"errno {data}"):
+        return
+    pm = parse_pgmap("jump-check/pgmap", data)
+    where = pm.get(dst_pfn, dst_pfn)
+    info(f"jump-check: pfn {dst_pfn:#x} is held by pfn {where:#x}")
+    with open("/dev/mem", "rb", buffering=0) as dev:
+        page = read_phys(where, dev)
+    check("jump-check/code", page[:8] == JUMP_CODE[:8], f"page starts {page[:16].hex()}")
+    (counter,) = struct.unpack_from("<Q", page, 0x10)
+    check("jump-check/code-ran", counter == COUNTER0 + jumps,
+          f"counter {counter:#x}, expected {COUNTER0 + jumps:#x}")
+
+
+def kpy_failed_mid():
+    """kexec-py's executor runs KS_start, a KS_mid the kernel refuses (two
+    overlapping segments in one call), KS_final: the error names the call,
+    and nothing stays loaded."""
+    from kexec_py.abi import Stage, stage_flags
+    from kexec_py.backends.linux import LinuxBackend
+    from kexec_py.errors import SyscallError
+    from kexec_py.plan import Call, Plan
+    from kexec_py.segments import Segment
+    from kexec_py.staging import StagedPlan, execute
+
+    base = 0x08000000
+    plan = Plan("kexec_load", base, [
+        Call(Stage.START, stage_flags(Stage.START),
+             [Segment(base, PAGE, PAGE, pattern("S", PAGE))]),
+        Call(Stage.MID, stage_flags(Stage.MID), [Segment(base + 0x10000, 4 * PAGE, 0),
+                                                 Segment(base + 0x12000, 4 * PAGE, 0)]),
+        Call(Stage.FINAL, stage_flags(Stage.FINAL), [Segment(base + 0x20000, PAGE, 0)])])
+    events = []
+    try:
+        execute(LinuxBackend(Path("/")), StagedPlan(plan, None, ["test"]),
+                on_event=lambda e: events.append(e.to_json()))
+        check("kpy-failed-mid/refused", False, "the overlapping KS_mid was accepted")
+    except SyscallError as e:
+        info(f"kpy-failed-mid: error: {e.message}; hint: {e.hint}")
+        check("kpy-failed-mid/refused", e.errno == errno.EINVAL, f"errno {e.errno}")
+        check("kpy-failed-mid/names-the-call", "call 2 of 3 (KS_mid)" in e.message, e.message)
+        check("kpy-failed-mid/says-unloaded", "unloaded" in e.hint, e.hint)
+    info(f"kpy-failed-mid: events {events}")
+    check("kpy-failed-mid/start-ran", any(ev.get("event") == "call" for ev in events),
+          "KS_start did not run")
+    check("kpy-failed-mid/unloaded", loaded() == "0", f"kexec_loaded={loaded()}")
+    check("kpy-failed-mid/pgmap-enodev", read_pgmap() == errno.ENODEV, "a map survived")
+
+
+def kpy_stages(core, entry):
+    """kexec-py's resume of CORE (kexec-py's planner and executor), with
+    ``kexec-py pgmap --raw`` and ``kexec-py --json pgmap`` run between the
+    stages and after KS_final: the map parses and matches what was loaded."""
+    import json
+
+    from kexec_py import hibernate
+    from kexec_py.backends.linux import LinuxBackend
+    from kexec_py.formats.vmcore import open_core
+    from kexec_py.staging import execute
+
+    be = LinuxBackend(Path("/"))
+    img = open_core(core)
+    sp = hibernate.plan_resume(be, img, entry=entry, staged="always")
+    stages = [c.stage.label for c in sp.plan.calls]
+    info(f"kpy-stages: {len(img.loads)} PT_LOADs in {len(stages)} calls: {' '.join(stages)}")
+    check("kpy-stages/four-calls-or-more", len(stages) >= 4 and stages.count("mid") >= 2,
+          f"calls {stages}")
+    model = {}
+
+    def on_event(e):
+        if e.kind != "call":
+            return
+        n = e.index
+        for seg in sp.plan.calls[n - 1].segments:
+            model.update(Seg(seg.mem, seg.memsz, seg.buf).pages())
+        tag = f"kpy-stages/{n}-{e.stage}"
+        rc, out = run(["/usr/bin/kexec-py", "pgmap", "--raw"])
+        check(f"{tag}/kexec-py-pgmap-raw", rc == 0, f"exit status {rc}")
+        pm = parse_pgmap(f"{tag}/raw", out)
+        rc, out = run(["/usr/bin/kexec-py", "--json", "pgmap"])
+        pages = json.loads(out)["pages"] if rc == 0 else None
+        check(f"{tag}/kexec-py-pgmap-json", pages == len(pm),
+              f"exit status {rc}, pages {pages}, raw lines {len(pm)}")
+        check(f"{tag}/loaded-only-after-final", loaded() == ("1" if e.stage == "final" else "0"),
+              f"kexec_loaded={loaded()} after KS_{e.stage}")
+        verify(tag, model, sample=256)
+
+    t0 = time.monotonic()
+    res = execute(be, sp, on_event=on_event)
+    info(f"kpy-stages: {res.calls} calls in {time.monotonic() - t0:.2f}s (with the checks)")
+    check("kpy-stages/all-calls", res.calls == len(stages), f"{res.calls} calls ran")
 
 
 def main(argv):
@@ -524,6 +706,18 @@ def main(argv):
         pgmap_format()
     elif cmd == "load" and len(argv) == 3:
         load(argv[2])
+    elif cmd == "mkjump" and len(argv) == 4:
+        mkjump(argv[2], int(argv[3], 0))
+        return 0
+    elif cmd == "jump-check" and len(argv) == 4:
+        jump_check(int(argv[2], 0), int(argv[3]))
+    elif cmd == "kpy-failed-mid":
+        kpy_failed_mid()
+    elif cmd == "kpy-stages" and len(argv) == 4:
+        kpy_stages(argv[2], int(argv[3], 0))
+    elif cmd == "mkcore" and len(argv) == 5:
+        mkcore(argv[2], argv[3], int(argv[4]))
+        return 0
     elif cmd == "exec":
         sys.stdout.flush()
         err = reboot_kexec()
