@@ -87,8 +87,9 @@ def test_overlap_across_stages_and_rehoming(kstage: tuple[SerialLog, str]) -> No
 def test_failed_stage_drops_the_whole_load(kstage: tuple[SerialLog, str]) -> None:
     log, _ = kstage
     res = checks(log, "kstage-synthetic")
-    require(res, "c/2-mid", "c/failed-mid/unloaded", "c/failed-mid/pgmap-enodev",
-            "c/mid-after-failure", "c/final-after-failure", "c/still-unloaded")
+    require(res, "c/exec-half-loaded", "c/2-mid", "c/failed-mid/unloaded",
+            "c/failed-mid/pgmap-enodev", "c/mid-after-failure", "c/final-after-failure",
+            "c/still-unloaded")
     for what in ("17-segments", "bad-buffer", "unaligned"):
         require(res, f"d-{what}/2-mid", f"d-{what}/pgmap-enodev",
                 f"d-{what}/final-after-failure")

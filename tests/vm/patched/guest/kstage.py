@@ -334,6 +334,8 @@ def synthetic():
     c = Staged("c", base)
     c.call(START, [Seg(base, 2 * PAGE, pattern("J", 2 * PAGE))])
     verify("c/after-start", c.model)
+    # nothing is installed: reboot(KEXEC) must not run the half-loaded image
+    expect("c/exec-half-loaded", reboot_kexec(), errno.EINVAL)
     c.call(MID, [Seg(base + 0x40000, 4 * PAGE, pattern("K", PAGE)),
                  Seg(base + 0x42000, 4 * PAGE, pattern("L", PAGE))], want=errno.EINVAL)
     check("c/failed-mid/unloaded", loaded() == "0", f"kexec_loaded={loaded()}")
