@@ -84,6 +84,15 @@ def pm(tmp_path: Path) -> Premount:
     return Premount(tmp_path)
 
 
+@pytest.mark.parametrize("script", [SCRIPT, HOOK], ids=["premount", "hook"])
+def test_syntax(script: Path) -> None:
+    """mkinitramfs skips a hook or script that ``sh -n`` refuses ("ignored:
+    bad syntax"), quietly but for one line: refuse it here."""
+    r = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert os.access(script, os.X_OK), f"{script} must be executable"
+
+
 def test_prereqs(pm: Premount) -> None:
     r = subprocess.run(["sh", str(SCRIPT), "prereqs"], capture_output=True, text=True,
                        check=False)
