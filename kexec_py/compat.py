@@ -182,6 +182,8 @@ class Parsed:
 
     def __init__(self) -> None:
         self.options: list[tuple[Opt, str | None]] = []
+        #: each option as it was written (long options without "=value")
+        self.spelled: list[str] = []
         self.operands: list[str] = []
 
 
@@ -216,6 +218,7 @@ def parse(argv: Sequence[str], prog: str = "kexec") -> Parsed:
                     raise Usage(f"{prog}: option '--{_full(opt, name)}' doesn't allow an "
                                 "argument")
                 out.options.append((opt, None))
+            out.spelled.append("--" + _full(opt, name))
         elif a.startswith("-") and a != "-":
             j = 1
             while j < len(a):
@@ -233,8 +236,10 @@ def parse(argv: Sequence[str], prog: str = "kexec") -> Parsed:
                     else:
                         raise Usage(f"{prog}: option requires an argument -- '{ch}'")
                     out.options.append((sopt, value))
+                    out.spelled.append("-" + ch)
                     break
                 out.options.append((sopt, None))
+                out.spelled.append("-" + ch)
         else:
             out.operands.append(a)
     return out
@@ -317,7 +322,7 @@ def decide(parsed: Parsed) -> Plan:
     unimplemented options by name."""
     p = Plan()
     skip_sync = skip_ifdown = False
-    for opt, value in parsed.options:
+    for (opt, value), spelled in zip(parsed.options, parsed.spelled, strict=True):
         if opt.missing is not None:
             raise Usage(f"kexec: option '--{opt.longs[0]}' is not implemented by kexec-py",
                         opt.missing, usage=False)
@@ -326,7 +331,7 @@ def decide(parsed: Parsed) -> Plan:
             p.immediate = k
             return p
         if opt.loader:
-            p.loader_options.append("--" + opt.longs[-1 if k == "initrd" else 0])
+            p.loader_options.append(spelled)
         if k == "debug":
             p.debug = True
         elif k == "no-ifdown":
@@ -390,8 +395,8 @@ def decide(parsed: Parsed) -> Plan:
         p.do_load = p.do_unload = p.do_shutdown = p.do_sync = p.do_ifdown = False
         p.do_exec = False
     if not p.do_load and p.loader_options:
-        raise Usage(f"kexec: {', '.join(p.loader_options)} only apply when loading a kernel",
-                    "kexec-tools refuses them with -e, -u and -S too")
+        raise Usage(f"kexec: {', '.join(p.loader_options)}: only for loading a kernel",
+                    "kexec-tools refuses the image loaders' options with -e, -u and -S too")
     if p.do_load:
         if len(parsed.operands) > 1:
             raise Usage(f"kexec: unexpected argument '{parsed.operands[1]}' after the kernel",

@@ -140,6 +140,11 @@ def test_debug_shows_the_system_calls(table: SerialLog) -> None:
     assert "  = 0" in st.err_lines, st
 
 
+def test_loader_options_with_exec_are_named(table: SerialLog) -> None:
+    st = table.step("exec-loader-option.py")
+    assert _first(st) == "kexec: --append: only for loading a kernel", st
+
+
 def test_unimplemented_options_are_named(table: SerialLog) -> None:
     st = table.step("unimplemented.py")
     assert _first(st) == "kexec: option '--reuseinitrd' is not implemented by kexec-py", st
