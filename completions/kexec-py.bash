@@ -23,6 +23,7 @@ _kexec_py() {
         --mem-min) return ;;
         --mem-max) return ;;
         --staged) COMPREPLY=($(compgen -W 'auto always never' -- "$cur")); return ;;
+        --segments-per-call) return ;;
         --backup-map) COMPREPLY=($(compgen -W 'elfcorehdr raw' -- "$cur")); return ;;
         --memory) return ;;
         --crashkernel) return ;;
@@ -37,10 +38,10 @@ _kexec_py() {
         dump-memory) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         exec) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--no-sync --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
         inspect) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
-        load) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--initrd --ramdisk --append --command-line --reuse-cmdline -p --crash --load-panic -a --kexec-syscall-auto -c --kexec-syscall -s --kexec-file-syscall --file-syscall -t --type --entry --mem-min --mem-max --load-preserve-context --dry-run --staged --backup-map --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        load) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--initrd --ramdisk --append --command-line --reuse-cmdline -p --crash --load-panic -a --kexec-syscall-auto -c --kexec-syscall -s --kexec-file-syscall --file-syscall -t --type --entry --mem-min --mem-max --load-preserve-context --dry-run --staged --segments-per-call --backup-map --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         model-reset) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--memory --crashkernel --seed --collide --no-cap-sys-boot --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
         pgmap) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--raw --limit --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
-        resume) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--entry --staged --dry-run --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        resume) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--entry --staged --segments-per-call --dry-run --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         save-image) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--from --entry --keep-zero-pages --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         status) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '--json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;
         unload) if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W '-p --crash --load-panic --json -h --help' -- "$cur")); else COMPREPLY=($(compgen -- "$cur")); fi ;;

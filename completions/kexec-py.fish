@@ -50,6 +50,7 @@ complete -c kexec-py -n '__fish_seen_subcommand_from load' -l mem-max -x -d 'Hig
 complete -c kexec-py -n '__fish_seen_subcommand_from load' -l load-preserve-context -d 'Load with KEXEC_PRESERVE_CONTEXT (a kexec jump that can return); kexec_load only'
 complete -c kexec-py -n '__fish_seen_subcommand_from load' -l dry-run -d 'Print the plan (system call, entry, flags, segments) and call nothing; with --json, the plan document'
 complete -c kexec-py -n '__fish_seen_subcommand_from load' -l staged -x -a 'auto always never' -d 'Load with kexec_load in stages of at most 16 segments (the multi-stage load protocol; needs /proc/kexec_pgmap): auto only when one call cannot do it'
+complete -c kexec-py -n '__fish_seen_subcommand_from load' -l segments-per-call -x -d 'Put at most N segments in each kexec_load call (default 16, the kernel'\''s limit); a load that then needs more than one call is staged'
 complete -c kexec-py -n '__fish_seen_subcommand_from load' -l backup-map -x -a 'elfcorehdr raw' -d 'Encoding of the backup pages map for --staged --load-preserve-context: elfcorehdr (default; passed as elfcorehdr=SIZE@ADDR, read by /proc/vmcore) or raw (kexec_backup_map=SIZE@ADDR)'
 complete -c kexec-py -n '__fish_seen_subcommand_from load' -l json -d 'Machine-readable output on stdout (the same as the global --json)'
 complete -c kexec-py -n '__fish_seen_subcommand_from load' -s h -l help -d 'Show help and exit'
@@ -67,6 +68,7 @@ complete -c kexec-py -n '__fish_seen_subcommand_from pgmap' -s h -l help -d 'Sho
 complete -c kexec-py -n '__fish_seen_subcommand_from resume' -F
 complete -c kexec-py -n '__fish_seen_subcommand_from resume' -l entry -x -d 'Where to jump: the kexec_jump_back_entry= value the hibernating kernel saw (default: the one save-image recorded in the image)'
 complete -c kexec-py -n '__fish_seen_subcommand_from resume' -l staged -x -a 'auto always never' -d 'Load in stages of at most 16 segments: auto when one kexec_load call cannot hold the image'
+complete -c kexec-py -n '__fish_seen_subcommand_from resume' -l segments-per-call -x -d 'Put at most N segments in each kexec_load call'
 complete -c kexec-py -n '__fish_seen_subcommand_from resume' -l dry-run -d 'Print the plan and call nothing; with --json, the plan document'
 complete -c kexec-py -n '__fish_seen_subcommand_from resume' -l json -d 'Machine-readable output on stdout (the same as the global --json)'
 complete -c kexec-py -n '__fish_seen_subcommand_from resume' -s h -l help -d 'Show help and exit'

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from kexec_py import __version__
+from kexec_py.abi import KEXEC_SEGMENT_MAX
 from kexec_py.backends import Backend, auto_backend, open_backend
 from kexec_py.errors import KexecError
 from kexec_py.output import emit_json, hexint, info
@@ -238,6 +239,9 @@ class StagedMode(_StrChoice):
                    "With --load-preserve-context and --mem-min/--mem-max: a hibernating kernel "
                    "confined to that window, every free page of it saved, and the backup map "
                    "injected.  Write --staged=MODE before KERNEL.")
+@click.option("--segments-per-call", type=click.IntRange(1, 16), default=None, metavar="N",
+              help="Put at most N segments in each kexec_load call (default 16, the kernel's "
+                   "limit); a load that then needs more than one call is staged.")
 @click.option("--backup-map", type=click.Choice(["elfcorehdr", "raw"]), default=None,
               help="Encoding of the backup pages map for --staged --load-preserve-context: "
                    "elfcorehdr (default; passed as elfcorehdr=SIZE@ADDR, read by /proc/vmcore) "
@@ -246,14 +250,14 @@ class StagedMode(_StrChoice):
 def load(c: Ctx, kernel: Path, initrd: Path | None, append: str | None, reuse_cmdline: bool,
          crash: bool, syscall: str, image_type: str | None, entry: int | None, mem_min: int,
          mem_max: int | None, preserve_context: bool, dry_run: bool, staged: str | None,
-         backup_map: str | None) -> None:
+         segments_per_call: int | None, backup_map: str | None) -> None:
     """Load KERNEL to be booted by 'exec' (or on panic with -p)."""
     from kexec_py import loader, procfs
 
-    if staged is not None or backup_map is not None:
+    if staged is not None or backup_map is not None or segments_per_call is not None:
         _load_staged(c, kernel, initrd, append, reuse_cmdline, crash, syscall, image_type,
                      entry, mem_min, mem_max, preserve_context, dry_run, staged or "auto",
-                     backup_map)
+                     backup_map, segments_per_call or KEXEC_SEGMENT_MAX)
         return
     if syscall == "file":
         only = [o for o, on in (("--entry", entry is not None), ("--mem-min", mem_min != 0),
@@ -570,7 +574,8 @@ def model_reset(c: Ctx, memory: str | None, crashkernel: str | None, seed: int, 
 def _load_staged(c: Ctx, kernel: Path, initrd: Path | None, append: str | None,
                  reuse_cmdline: bool, crash: bool, syscall: str, image_type: str | None,
                  entry: int | None, mem_min: int, mem_max: int | None, preserve_context: bool,
-                 dry_run: bool, staged: str, backup_map: str | None) -> None:
+                 dry_run: bool, staged: str, backup_map: str | None,
+                 segments_per_call: int) -> None:
     """``load --staged``: a kernel through the multi-stage protocol, or with
     --load-preserve-context and a window, a hibernating kernel with the
     backup pages map."""
@@ -600,10 +605,12 @@ def _load_staged(c: Ctx, kernel: Path, initrd: Path | None, append: str | None,
     layout = None
     if hib:
         hl = hibernate.plan_hibernate_load(be, req, staged=staged,
-                                           encoding=backup_map or "elfcorehdr", rng_seed=seed)
+                                           encoding=backup_map or "elfcorehdr", rng_seed=seed,
+                                           max_segments=segments_per_call)
         sp, layout, cmdline = hl.staged, hl.layout, hl.cmdline
     else:
-        sp = hibernate.plan_staged_kernel(be, req, staged=staged, rng_seed=seed)
+        sp = hibernate.plan_staged_kernel(be, req, staged=staged, rng_seed=seed,
+                                          max_segments=segments_per_call)
     if dry_run:
         _print_plan(c, sp.plan)
         return
@@ -675,10 +682,13 @@ def _run_staged(c: Ctx, be: Backend, sp: Any, label: str) -> Any:
 @click.option("--staged", type=click.Choice(["auto", "always", "never"]), default="auto",
               show_default=True, help="Load in stages of at most 16 segments: auto when one "
                                       "kexec_load call cannot hold the image.")
+@click.option("--segments-per-call", type=click.IntRange(1, 16), default=16, show_default=True,
+              metavar="N", help="Put at most N segments in each kexec_load call.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and call nothing; with --json, "
               "the plan document.")
 @pass_ctx
-def resume(c: Ctx, image: Path, entry: int | None, staged: str, dry_run: bool) -> None:
+def resume(c: Ctx, image: Path, entry: int | None, staged: str, segments_per_call: int,
+           dry_run: bool) -> None:
     """Load hibernation IMAGE (an ELF core) for 'exec': every PT_LOAD at its
     physical address, entered at the image's jump-back entry."""
     from kexec_py import hibernate
@@ -686,7 +696,8 @@ def resume(c: Ctx, image: Path, entry: int | None, staged: str, dry_run: bool) -
 
     be = c.backend()
     with open_core(image) as img:
-        sp = hibernate.plan_resume(be, img, entry=entry, staged=staged)
+        sp = hibernate.plan_resume(be, img, entry=entry, staged=staged,
+                                   max_segments=segments_per_call)
         if dry_run:
             _print_plan(c, sp.plan)
             return

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kexec_py import backupmap, loader
-from kexec_py.abi import PAGE_SHIFT, PAGE_SIZE
+from kexec_py import backupmap, loader, procfs
+from kexec_py.abi import KEXEC_SEGMENT_MAX, PAGE_SHIFT, PAGE_SIZE
 from kexec_py.backends import Backend
 from kexec_py.backupmap import NoteArea, WindowLayout
 from kexec_py.errors import FormatError, KexecError, PlanError, ProcfsError, UnsupportedError
@@ -287,8 +287,6 @@ def note_areas(root: Path | str) -> list[NoteArea]:
     physical address in hex, and crash_notes_size) and the VMCOREINFO note
     (/sys/kernel/vmcoreinfo: "<address> <size>" in hex), as kexec-tools
     reads them.  Missing files (no CONFIG_CRASH_DUMP, the model) give none."""
-    from kexec_py import procfs
-
     out: list[NoteArea] = []
     base = Path(root) / "sys/devices/system/cpu"
     try:
@@ -321,13 +319,25 @@ def note_areas(root: Path | str) -> list[NoteArea]:
 # --- the hibernation load: a preserve-context kernel with the backup map --------------
 
 
-def call_budget(memmap: Sequence[MemRegion]) -> int:
+def call_budget(memmap: Sequence[MemRegion], root: Path | str | None = None) -> int:
     """Bytes of segments one kexec_load call may carry: the kernel refuses
-    more than half of ``totalram_pages()``, which is a little less than the
-    firmware's RAM, so kexec-py keeps to 90 % of that half."""
+    more than half of ``totalram_pages()``.  That is MemTotal of
+    ``ROOT/proc/meminfo`` when there is one (it is what a kernel booted with
+    ``mem=`` or confined by ``memmap=`` really has), else the RAM of the
+    memory map, which is a little more; kexec-py keeps to 90 % of the half."""
     pages = sum((r.end >> PAGE_SHIFT) - ((r.start + PAGE_SIZE - 1) >> PAGE_SHIFT)
                 for r in ram_ranges(memmap))
+    if root is not None:
+        total = procfs.mem_total(root)
+        if total is not None:
+            pages = min(pages, total >> PAGE_SHIFT) if pages else total >> PAGE_SHIFT
     return max(PAGE_SIZE, (pages // 2) * 9 // 10 * PAGE_SIZE)
+
+
+def _meminfo_root(backend: Backend) -> Path | None:
+    """Where the running kernel's /proc/meminfo is: only the linux backend
+    has one (the model's RAM is its memory map)."""
+    return backend.root if backend.name == "linux" else None
 
 
 @dataclass
@@ -343,8 +353,8 @@ class HibernateLoad:
 
 
 def plan_hibernate_load(backend: Backend, req: LoadRequest, *, staged: str = "auto",
-                        encoding: str = "elfcorehdr",
-                        rng_seed: bytes | None = None) -> HibernateLoad:
+                        encoding: str = "elfcorehdr", rng_seed: bytes | None = None,
+                        max_segments: int = KEXEC_SEGMENT_MAX) -> HibernateLoad:
     """Plan ``load --staged --load-preserve-context --mem-min A --mem-max B``.
 
     Like kexec-tools, every page of the window's RAM that no kernel segment
@@ -385,7 +395,8 @@ def plan_hibernate_load(backend: Backend, req: LoadRequest, *, staged: str = "au
                       backupmap.parameter_builder(layout, memmap, areas))
     sp = plan_load(segs, entry, flags=loader.kexec_load_flags(preserve_context=True),
                    staged=staged, supported=backend.staged_supported(), parameter=param,
-                   max_call_bytes=call_budget(memmap))
+                   max_call_bytes=call_budget(memmap, _meminfo_root(backend)),
+                   max_segments=max_segments)
     pages = layout.dest_pages
     sp.plan.notes[:0] = notes
     sp.plan.notes.append(
@@ -402,7 +413,8 @@ def plan_hibernate_load(backend: Backend, req: LoadRequest, *, staged: str = "au
 
 
 def plan_staged_kernel(backend: Backend, req: LoadRequest, *, staged: str = "auto",
-                       rng_seed: bytes | None = None) -> StagedPlan:
+                       rng_seed: bytes | None = None,
+                       max_segments: int = KEXEC_SEGMENT_MAX) -> StagedPlan:
     """``load --staged`` of a kernel without the hibernation window: the
     kexec_load segments of ``req`` (as ``-c`` places them), packed into
     stages only when they need it (``auto``) or always."""
@@ -419,7 +431,8 @@ def plan_staged_kernel(backend: Backend, req: LoadRequest, *, staged: str = "aut
         entry = req.entry
     sp = plan_load(segs, entry, flags=loader.kexec_load_flags(req.preserve_context),
                    staged=staged, supported=backend.staged_supported(),
-                   max_call_bytes=call_budget(memmap))
+                   max_call_bytes=call_budget(memmap, _meminfo_root(backend)),
+                   max_segments=max_segments)
     sp.plan.notes[:0] = notes
     return sp
 
@@ -448,7 +461,7 @@ def check_image_in_ram(segs: Sequence[Segment], memmap: Sequence[MemRegion]) -> 
 
 
 def plan_resume(backend: Backend, image: CoreImage, *, entry: int | None = None,
-                staged: str = "auto") -> StagedPlan:
+                staged: str = "auto", max_segments: int = KEXEC_SEGMENT_MAX) -> StagedPlan:
     """Plan loading every PT_LOAD of ``image`` at its physical address,
     entered at ``entry`` (default: the jump-back entry in the image's
     note).  A normal load (not preserve context): ``exec`` then jumps into
@@ -464,7 +477,9 @@ def plan_resume(backend: Backend, image: CoreImage, *, entry: int | None = None,
     segs = image.segments()
     check_image_in_ram(segs, memmap)
     sp = plan_load(segs, entry, flags=loader.kexec_load_flags(), staged=staged,
-                   supported=backend.staged_supported(), max_call_bytes=call_budget(memmap))
+                   supported=backend.staged_supported(),
+                   max_call_bytes=call_budget(memmap, _meminfo_root(backend)),
+                   max_segments=max_segments)
     runs = len(segs)
     sp.plan.notes.insert(0, f"{image.name}: {len(image.loads)} PT_LOAD(s) as {runs} segment(s), "
                             f"{image.loads.total_memsz:#x} bytes of memory, "

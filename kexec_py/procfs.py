@@ -286,6 +286,22 @@ def kexec_load_limits(root: Path | str = "/") -> dict[str, int]:
     return out
 
 
+def parse_meminfo_total(text: str) -> int | None:
+    """``MemTotal:  123456 kB`` of /proc/meminfo, in bytes."""
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                return int(parts[1]) * 1024
+    return None
+
+
+def mem_total(root: Path | str = "/") -> int | None:
+    """The RAM the kernel manages (``totalram_pages()``), from MemTotal."""
+    t = read_text(root, "proc/meminfo")
+    return None if t is None else parse_meminfo_total(t)
+
+
 def iomem(root: Path | str = "/") -> list[IomemEntry] | None:
     t = read_text(root, "proc/iomem")
     return None if t is None else parse_iomem(t)

@@ -141,15 +141,17 @@ def _chunks(segs: Sequence[Segment], room: int, max_bytes: int | None) -> Iterat
 
 
 def needs_staging(segments: Sequence[Segment], parameter: Parameter | None,
-                  max_call_bytes: int | None) -> list[str]:
+                  max_call_bytes: int | None,
+                  max_segments: int = KEXEC_SEGMENT_MAX) -> list[str]:
     """Why one KS_full call cannot do this load (empty: it can)."""
     why: list[str] = []
     if parameter is not None:
         why.append(f"the {parameter.name} segment needs the kernel's page map, which exists only "
                    "after the other segments are loaded")
-    if len(segments) > KEXEC_SEGMENT_MAX:
-        why.append(f"{len(segments)} segments (one kexec_load call takes at most "
-                   f"{KEXEC_SEGMENT_MAX})")
+    if len(segments) > max_segments:
+        limit = ("one kexec_load call takes at most" if max_segments == KEXEC_SEGMENT_MAX
+                 else "--segments-per-call allows")
+        why.append(f"{len(segments)} segments ({limit} {max_segments})")
     if max_call_bytes is not None:
         total = sum(s.memsz for s in segments)
         if total > max_call_bytes:
@@ -162,12 +164,14 @@ def needs_staging(segments: Sequence[Segment], parameter: Parameter | None,
 def plan_load(segments: Sequence[Segment], entry: int, *, flags: int = 0,
               staged: str = "auto", supported: bool,
               parameter: Parameter | None = None, max_call_bytes: int | None = None,
-              syscall: str = "kexec_load") -> StagedPlan:
+              syscall: str = "kexec_load",
+              max_segments: int = KEXEC_SEGMENT_MAX) -> StagedPlan:
     """Plan the kexec_load calls of one load.
 
     ``flags`` are the non-stage flags (architecture, PRESERVE_CONTEXT);
     ``staged`` is --staged (auto = only when needed); ``supported`` says
-    whether the kernel speaks the protocol.  Raises
+    whether the kernel speaks the protocol; ``max_segments`` (1..16,
+    --segments-per-call) caps the segments of every call.  Raises
     :class:`UnsupportedError` (or :class:`PlanError` for --staged never)
     before any system call when the load cannot be done here.
 
@@ -178,13 +182,18 @@ def plan_load(segments: Sequence[Segment], entry: int, *, flags: int = 0,
     """
     if staged not in STAGED_MODES:
         raise PlanError(f"--staged {staged}: expected auto, always or never")
+    if not 1 <= max_segments <= KEXEC_SEGMENT_MAX:
+        raise PlanError(f"--segments-per-call {max_segments}: expected 1 to {KEXEC_SEGMENT_MAX}")
+    if parameter is not None and max_segments < 2:
+        raise PlanError("--segments-per-call 1 leaves no room for the parameter's placeholder "
+                        "beside the first segment in KS_start", "give 2 or more")
     if any(s.memsz == 0 for s in segments):
         raise PlanError("a segment has no memory (memsz 0)", "this is a bug in the plan")
     segs: list[Segment] = list(segments)
     if max_call_bytes and any(s.memsz > max_call_bytes for s in segs):
         segs = [p for s in segs for p in split_segment(s, max_call_bytes)]
     check_all(segs + ([parameter.placeholder()] if parameter else []))
-    why = needs_staging(segs, parameter, max_call_bytes)
+    why = needs_staging(segs, parameter, max_call_bytes, max_segments)
     if staged == "never" and why:
         raise PlanError(f"this load cannot be one kexec_load call: {'; '.join(why)}",
                         "drop --staged never (the kernel must speak the multi-stage protocol)")
@@ -207,9 +216,9 @@ def plan_load(segments: Sequence[Segment], entry: int, *, flags: int = 0,
         segs = split_at(segs[0], segs[0].memsz // 2 // PAGE_SIZE * PAGE_SIZE)
     lead = [parameter.placeholder()] if parameter else []
     budget0 = None if max_call_bytes is None else max_call_bytes - sum(s.memsz for s in lead)
-    first = next(_chunks(segs, KEXEC_SEGMENT_MAX - len(lead), budget0), [])
+    first = next(_chunks(segs, max_segments - len(lead), budget0), [])
     groups: list[list[Segment]] = [lead + first]
-    groups.extend(_chunks(segs[len(first):], KEXEC_SEGMENT_MAX, max_call_bytes))
+    groups.extend(_chunks(segs[len(first):], max_segments, max_call_bytes))
     if parameter is not None:
         groups.append([parameter.final(None)])
     elif len(groups) == 1:
