@@ -751,3 +751,56 @@ def test_progress_bar_only_on_a_terminal_and_after_the_delay(
     with output.ProgressBar(100, "x", enabled=False, delay=0) as bar:  # --json
         bar.update(50)
         assert bar._bar is None
+
+
+# --- --json: the documented schemas (man page, JSON OUTPUT) ------------------------------
+
+SCHEMAS = {
+    "status": {"backend", "kernel", "loaded", "crash_loaded", "crash_size", "kexec_load",
+               "kexec_file_load", "staged", "lockdown", "load_disabled", "load_limits",
+               "cap_sys_boot", "problems", "running", "staging"},
+    "load": {"loaded", "crash", "syscall", "flags", "kernel", "initrd", "cmdline", "entry",
+             "fallback_from"},
+    "plan": {"syscall", "entry", "calls"},
+    "unload": {"unloaded", "crash", "syscall"},
+    "inspect": {"file", "format", "size", "header", "loadable", "problem", "entry", "segments",
+                "notes"},
+    "error": {"error", "hint", "exit"},
+}
+
+
+def _json_run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
+    import json
+
+    from kexec_py.cli import run
+
+    with pytest.raises(SystemExit) as e:
+        run(args)
+    out = capsys.readouterr().out
+    return int(e.value.code or 0), json.loads(out)
+
+
+def test_json_schemas(tmp_path: Path, root: Path, kernel: str, fake_syscalls: Any,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    g = ["--backend", "linux", "--root", str(root), "--json"]
+    rc, doc = _json_run([*g, "status"], capsys)
+    assert rc == 0 and set(doc) == SCHEMAS["status"]
+    assert isinstance(doc["problems"], list) and isinstance(doc["load_limits"], dict)
+    rc, doc = _json_run([*g, "load", "-c", kernel, "--dry-run"], capsys)
+    assert rc == 0 and set(doc) == SCHEMAS["plan"]
+    assert set(doc["calls"][0]) == {"stage", "flags", "segments"}
+    assert set(doc["calls"][0]["segments"][0]) == {"mem", "memsz", "bufsz"}
+    rc, doc = _json_run([*g, "inspect", kernel], capsys)
+    assert rc == 0 and SCHEMAS["inspect"] <= set(doc)
+    fake_syscalls(0)
+    rc, doc = _json_run([*g, "load", "-s", kernel, "--append", "quiet"], capsys)
+    assert rc == 0 and set(doc) == SCHEMAS["load"]
+    assert (doc["syscall"], doc["cmdline"], doc["loaded"]) == ("kexec_file_load", "quiet", True)
+    rc, doc = _json_run([*g, "unload"], capsys)
+    assert rc == 0 and set(doc) == SCHEMAS["unload"]
+    fake_syscalls(-1, errno.EPERM)
+    rc, doc = _json_run([*g, "load", "-s", kernel], capsys)
+    assert rc == 1 and set(doc) == SCHEMAS["error"] and doc["exit"] == 1
+    assert "EPERM" in doc["error"] and doc["hint"]
+    rc, doc = _json_run([*g, "load", str(tmp_path / "nope")], capsys)
+    assert rc == 1 and set(doc) == SCHEMAS["error"]
