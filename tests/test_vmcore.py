@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import mmap
+import os
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -319,3 +322,26 @@ def test_pt_note_types_do_not_count_as_loads() -> None:
     c.phdrs.append(Ph(PT_NOTE, c.phdrs[0].offset, 0, 0, 0))
     img = parse_core(c.render())
     assert len(img.loads) == 1 and [n.name for n in img.notes] == ["CORE"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("losetup") is None,
+                    reason="needs root and losetup to attach a loop device")
+def test_image_on_a_block_device(tmp_path: Path) -> None:
+    # an image written to a partition: st_size is 0, the size comes from lseek
+    loads = [(0x100000, pattern(0x100000, 2 * P), 2 * P)]
+    path = simple_core(loads, notes=vmcore.jump_back_note(0x5000)).write(tmp_path / "img")
+    with open(path, "r+b") as f:  # loop devices count whole 512-byte sectors
+        f.truncate((os.path.getsize(path) + 511) // 512 * 512)
+    r = subprocess.run(["losetup", "--find", "--show", "--read-only", str(path)],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        pytest.skip(f"losetup failed: {r.stderr.strip()}")
+    dev = r.stdout.strip()
+    try:
+        with open_core(dev) as img:
+            assert img.jump_back_entry == 0x5000
+            segs = img.segments()
+            assert _memory(segs) == _expected(loads)
+            del segs
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)

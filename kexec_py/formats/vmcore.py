@@ -559,13 +559,16 @@ def open_core(path: Path | str) -> CoreImage:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise FormatError(f"image {p} is a directory", "give the image file")
-        size = st.st_size
+        # a block device (a swap partition holding the image) has no
+        # st_size: its size is where lseek(SEEK_END) lands
+        size = os.lseek(fd, 0, os.SEEK_END) if stat.S_ISBLK(st.st_mode) else st.st_size
         if size == 0:
             raise FormatError(f"image {p} is empty", "the image was not written: save it again")
         mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     except OSError as e:
         raise FormatError(f"cannot map image {p}: {e.strerror}",
-                          "it must be a regular file (copy /proc/vmcore with save-image)") from None
+                          "it must be a regular file or a block device (copy /proc/vmcore "
+                          "with save-image)") from None
     finally:
         os.close(fd)
     view = memoryview(mm)
