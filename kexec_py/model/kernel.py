@@ -251,7 +251,7 @@ class ModelKernel:
         self.mem = mem
         self.copy = copy_contents
         self.pool = Pool(config.pool_ranges())
-        self.order = PageOrder(self.pool.n, config.seed)
+        self.order = PageOrder(self.pool, config.seed)
         self.rng = random.Random(config.seed ^ 0x6B65786563)
         self.collide = config.collide
         self.src_limit = (None if config.source_limit is None
@@ -585,9 +585,9 @@ class ModelKernel:
             p = self._pick_destination(img, dest)
             if p >= 0 and p not in owner and p in self.pool:
                 return p
-        nxt, pfn = self.order.next, self.pool.pfn
+        nxt = self.order.next
         while True:
-            p = pfn(nxt())
+            p = nxt()
             if p not in owner:
                 return p
 
