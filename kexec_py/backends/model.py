@@ -174,7 +174,7 @@ class ModelBackend:
                 lvl.kexec = lvl.staging = lvl.crash = None
             k.levels = k.levels[:1]
             lvl = k.level
-            lvl.owner = {p: o for p, o in lvl.owner.items() if o == 0}
+            lvl.owner.keep_only(0)
             lvl.nfree = k.pool.n - len(lvl.owner)
             k.notes.append("an earlier invocation was interrupted during exec: every image "
                            "was dropped and memory contents are undefined")
@@ -435,7 +435,7 @@ class ModelBackend:
             raise KexecError("/proc/kexec_pgmap: no kexec image is loaded (ENODEV)",
                              "load an image first")
         dst, src = img.pgmap_arrays()
-        return PageMap(dst, src)
+        return PageMap(dst[:], src[:])  # the image's own arrays stay its own
 
     # --- the model's own interface ---------------------------------------------------------
 

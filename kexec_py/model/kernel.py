@@ -50,11 +50,18 @@ allocator first offers a page that is a destination of the image being
 loaded (the one asked for, one of this call's, or one of an earlier
 call's).
 
-Per-page state is kept in dicts of ints (no object per page): ``owner``
-(pfn -> image id; 0 = the running kernel's own memory; -1 = memory of a
-kernel frozen by a kexec jump), and per image ``map`` (dst -> src) and
-``rev`` (src -> dst, for pages not in place).  Memory use is proportional
-to the pages touched.
+Per-page state is kept in the compact tables of :mod:`.tables` (no
+object per page): ``owner`` (pfn -> image id; 0 = the running kernel's own
+memory; -1 = memory of a kernel frozen by a kexec jump), and per image
+``map`` (dst -> src, a dict in behaviour) and its reverse ``rev`` (src ->
+dst, for pages not in place).  Memory use is proportional to the pages
+touched: ~24 bytes per page loaded, and a few bytes per page of the
+machine where something was touched.
+
+The allocator's loop (:meth:`ModelKernel._alloc`) works on those tables'
+arrays directly and takes the seeded order's pages from a buffer
+computed ahead; what it does page by page is the seed's algorithm above,
+in the seed's order.
 """
 
 from __future__ import annotations
@@ -63,8 +70,10 @@ import errno
 import random
 import struct
 from array import array
-from collections.abc import Iterator, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, compress, repeat
 from typing import Any
 
 from kexec_py import abi
@@ -72,6 +81,7 @@ from kexec_py.abi import PAGE_SHIFT, PAGE_SIZE, Stage
 from kexec_py.model.config import ModelConfig
 from kexec_py.model.order import PageOrder, Pool
 from kexec_py.model.physmem import PhysMem
+from kexec_py.model.tables import DEAD, Owners, PageTable, RevView
 from kexec_py.segments import Segment
 
 FLAVOURS = ("patched", "stock-6.1", "stock-6.6")
@@ -104,6 +114,11 @@ class KernelErr(Exception):
         self.why = why
 
 
+#: destinations for the allocator: (pfns, their PageTable.idx entries or map
+#: positions, data, first, bufsz); see ModelKernel._alloc
+Run = tuple[Iterable[int], Iterable[int], "memoryview | None", int, int]
+
+
 def _q(values: Any = ()) -> array[int]:
     return array("Q", values)
 
@@ -134,8 +149,7 @@ class Image:
     seg_memsz: array[int] = field(default_factory=_q)
     seg_bufsz: array[int] = field(default_factory=_q)
     seg_call: array[int] = field(default_factory=_q)
-    map: dict[int, int] = field(default_factory=dict)
-    rev: dict[int, int] = field(default_factory=dict)
+    map: PageTable = field(default_factory=PageTable)
     pages: array[int] = field(default_factory=_q)
     unusable: array[int] = field(default_factory=_q)
     control: array[int] = field(default_factory=_q)
@@ -148,12 +162,15 @@ class Image:
     def complete(self) -> bool:
         return self.stage in (Stage.FULL, Stage.FINAL)
 
+    @property
+    def rev(self) -> RevView:
+        """src -> dst of the pages not in place."""
+        return self.map.rev
+
     def pgmap_arrays(self) -> tuple[array[int], array[int]]:
-        """(dst, src) of every page not in place, in insertion order."""
-        m = self.map
-        dst = _q(d for d, s in m.items() if d != s)
-        src = _q(s for d, s in m.items() if d != s)
-        return dst, src
+        """(dst, src) of every page not in place, in insertion order (the
+        map's arrays until it changes: not to be modified)."""
+        return self.map.moved_arrays()
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -229,7 +246,7 @@ class Level:
     the model's firmware)."""
 
     name: str
-    owner: dict[int, int]
+    owner: Owners
     nfree: int
     cmdline: str
     kexec: Image | None = None
@@ -251,13 +268,15 @@ class ModelKernel:
         self.mem = mem
         self.copy = copy_contents
         self.pool = Pool(config.pool_ranges())
+        #: pages of the machine (every pool page is below)
+        self.npfn = config.memory_size() >> PAGE_SHIFT
         self.order = PageOrder(self.pool, config.seed)
         self.rng = random.Random(config.seed ^ 0x6B65786563)
         self.collide = config.collide
         self.src_limit = (None if config.source_limit is None
                           else (config.source_limit + PAGE_SIZE - 1) >> PAGE_SHIFT)
         self.next_id = 1
-        self.levels: list[Level] = [Level("original", {}, self.pool.n, cmdline)]
+        self.levels: list[Level] = [Level("original", Owners(self.npfn), self.pool.n, cmdline)]
         self.last_jump: JumpRecord | None = None
         #: remarks for `status` (e.g. recovery after an interrupted invocation)
         self.notes: list[str] = []
@@ -406,7 +425,7 @@ class ModelKernel:
             self._free_image(old)
 
     def _new_image(self, kind: str, entry: int, crash: bool = False) -> Image:
-        img = Image(self.next_id, kind, crash, entry)
+        img = Image(self.next_id, kind, crash, entry, map=PageTable(0 if crash else self.npfn))
         self.next_id += 1
         return img
 
@@ -469,114 +488,231 @@ class ModelKernel:
         self._new_ends = [b for _, b in ranges]
         self._call_segs = [(a, b - a) for a, b in ranges]
         try:
-            if fix and img.rev:
+            if fix and img.map.moved:
                 self._fix_old_pages(img)
+            runs: list[Run] = []
             for s in segs:
-                self._load_segment(img, s)
+                bufsz, buf = s.bufsz, s.buf
+                if bufsz and (buf is None or len(buf) < bufsz):
+                    # the pages of the segments before are loaded first, as in the seed
+                    self._alloc(img, runs)
+                    have = "no buffer" if buf is None else f"a buffer of {len(buf)} bytes"
+                    raise KernelErr(errno.EFAULT, f"segment {s.describe()} has {have} for "
+                                                  f"bufsz {bufsz:#x}")
+                data: memoryview | None = None
+                if self.copy:
+                    data = memoryview(buf).cast("B") if bufsz and buf is not None \
+                        else memoryview(b"")
+                runs += self._runs(img.map, s.mem >> PAGE_SHIFT, s.memsz >> PAGE_SHIFT, data,
+                                   bufsz)
+            if not self.copy and len(runs) > 1:  # nothing per segment: one run
+                runs = [(chain.from_iterable(r[0] for r in runs),
+                         chain.from_iterable(r[1] for r in runs), None, 0, 0)]
+            self._alloc(img, runs)
         finally:
             self._new_starts, self._new_ends, self._call_segs = [], [], []
 
+    def _runs(self, m: PageTable, first: int, n: int, data: memoryview | None,
+              bufsz: int) -> list[Run]:
+        """The destinations ``[first, first + n)`` as runs for :meth:`_alloc`."""
+        end = first + n
+        mid = max(first, min(end, self.npfn))
+        runs: list[Run] = []
+        if first < mid:  # below the machine's end: their live index
+            runs.append((range(first, mid), m.idx[first:mid], data, first, bufsz))
+        if mid < end:
+            dests = range(mid, end)
+            runs.append((dests, map(m.pos_of, dests), data, first, bufsz))
+        return runs
+
     def _is_new_dest(self, pfn: int) -> bool:
         """Whether ``pfn`` is a destination of the current call."""
-        starts = self._new_starts
-        lo, hi = 0, len(starts)
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if starts[mid] <= pfn:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo > 0 and pfn < self._new_ends[lo - 1]
-
-    def _load_segment(self, img: Image, s: Segment) -> None:
-        bufsz, buf = s.bufsz, s.buf
-        if bufsz and (buf is None or len(buf) < bufsz):
-            have = "no buffer" if buf is None else f"a buffer of {len(buf)} bytes"
-            raise KernelErr(errno.EFAULT, f"segment {s.describe()} has {have} for bufsz "
-                                          f"{bufsz:#x}")
-        first, n = s.mem >> PAGE_SHIFT, s.memsz >> PAGE_SHIFT
-        alloc = self._alloc_page
-        if not self.copy:
-            for k in range(n):
-                alloc(img, first + k)
-            return
-        mv = memoryview(buf).cast("B") if bufsz and buf is not None else memoryview(b"")
-        write = self.mem.write_page
-        for k in range(n):
-            p = alloc(img, first + k)
-            off = k << PAGE_SHIFT
-            if off < bufsz:
-                write(p, mv[off:min(off + PAGE_SIZE, bufsz)])
-            else:
-                write(p, b"")
+        i = bisect_right(self._new_starts, pfn)
+        return i > 0 and pfn < self._new_ends[i - 1]
 
     def _fix_old_pages(self, img: Image) -> None:
         """Re-home every source page that a destination of this call is:
         its content moves to a newly allocated page for its destination,
         and the page stays, reserved in place for this call."""
-        rev, m = img.rev, img.map
+        m = img.map
         total = sum(n for _, n in self._call_segs)
-        if len(rev) < total:
-            cands = [p for p in rev if self._is_new_dest(p)]
-        else:
-            cands = [p for a, n in self._call_segs for p in range(a, a + n) if p in rev]
-        for p in cands:
-            d = rev.get(p)
-            if d is None:  # already re-homed by the allocator below
-                continue
-            del rev[p]
-            del m[d]
-            q = self._alloc_page(img, d)
-            if self.copy:
-                self.mem.copy_pages(q, p)
-            m[p] = p
+        if m.moved < total:
+            cands = [p for p in m.rev if self._is_new_dest(p)]
+        else:  # the call's pages in the index: sources (and destinations, skipped)
+            idx, npfn = m.idx, m.npfn
+            cands = []
+            for a, n in self._call_segs:
+                e = min(a + n, npfn)
+                if a < e:
+                    cands.extend(compress(range(a, e), idx[a:e]))
+        self._alloc(img, [(cands, repeat(0), None, 0, 0)], rehome=True)
 
     def _alloc_page(self, img: Image, dest: int) -> int:
         """``kimage_alloc_page``: the page that will hold destination pfn
         ``dest`` until execution (-1: a page that is nobody's destination)."""
-        m = img.map
-        if dest >= 0:
-            s = m.get(dest)
-            if s is not None:
-                return s
-        owner = self.level.owner
-        iid = img.id
-        limit = self.src_limit
-        while True:
-            p = self._hand_out(img, dest)
-            owner[p] = iid
-            self.level.nfree -= 1
-            if limit is not None and p >= limit:
-                img.unusable.append(p)
-                continue
-            img.pages.append(p)
-            if p == dest:
-                m[p] = p
-                return p
-            s = m.get(p)
-            if s is not None:
-                # p is an earlier destination whose content waits in s: move it home
-                if self.copy:
-                    self.mem.copy_pages(p, s)
-                m[p] = p
-                del img.rev[s]
-                p = s
-            if self._is_new_dest(p):
-                m[p] = p  # reserved in place for a page of this call
-                continue
-            if dest >= 0:
-                m[dest] = p
-                img.rev[p] = dest
-            return p
+        return self._alloc(img, self._runs(img.map, dest, 1, None, 0) if dest >= 0 else
+                           [((-1,), (0,), None, 0, 0)])
 
-    def _hand_out(self, img: Image, dest: int) -> int:
-        """A free pool page: a scripted one, a destination of ``img`` (with
-        probability ``collide``), or the next free one in the seeded order."""
+    def _alloc(self, img: Image, runs: Iterable[Run], rehome: bool = False) -> int:
+        """The seed's ``kimage_alloc_page`` for each destination of ``runs``
+        in turn; returns the last page.
+
+        For a destination already placed, its page; else pages are taken
+        from the pool (:meth:`_hand_out`, inlined) until one is usable:
+        unusable (at or above the source limit, kept aside), in place, a
+        swap (an earlier destination: its content moves home from its
+        source page, which is considered instead), a destination of this
+        call not loaded yet (reserved in place, try again), else the source
+        page of the destination.
+
+        A run is (destinations, their index -- a live view, ``PageTable.idx``
+        sliced, or ``pos_of`` mapped --, data, first, bufsz): with ``data``
+        (contents are copied), destination ``d`` gets ``data[(d - first) *
+        PAGE_SIZE:]`` up to ``bufsz``, zeros past it, right after its page is
+        allocated (the next allocation may move it).  With ``rehome``, the
+        destinations are source pages that this call loads
+        (``fix_old_pages``): each one's destination is removed from the map
+        and allocated again, its content copied there, and the page
+        reserved in place.  Destination -1 asks for a page that is nobody's
+        destination.
+
+        The map, the owners and the order are the tables' arrays, used
+        directly; their counters are brought up to date at the end, also
+        on error."""
+        m = img.map
+        idx, key, ldst, lsrc = m.idx, m.key, m.ldst, m.lsrc
+        npfn = self.npfn
         lvl = self.level
-        if lvl.nfree <= 0:
-            raise KernelErr(errno.ENOMEM, f"out of memory: all {self.pool.n} pages of RAM are "
-                                          "in use")
         owner = lvl.owner
+        codes = owner.codes
+        code = owner.code_for(img.id)
+        limit = 1 << 64 if self.src_limit is None else self.src_limit
+        add_page, add_unusable = img.pages.append, img.unusable.append
+        order = self.order
+        it = order.it
+        starts, ends = self._new_starts, self._new_ends
+        lo, hi = (starts[0], ends[-1]) if starts else (0, 0)
+        offer = bool(self.script) or bool(self.collide)
+        copy, mem, write = self.copy, self.mem, self.mem.write_page
+        nfree0 = nfree = lvl.nfree
+        nlog0 = nlog = len(ldst)
+        kept = dropped = swapped = 0  # entries added in place, deleted, turned in place
+        p = -1
+        try:
+            for dests, ipos, data, first, bufsz in runs:
+                for x, i in zip(dests, ipos, strict=False):
+                    if rehome:
+                        i = idx[x]
+                        if not i or key[x]:
+                            continue  # no source (any more: re-homed by the allocator)
+                        dest = ldst[i - 1]
+                        idx[x] = 0  # del rev[x], del map[dest]
+                        if dest < npfn:
+                            idx[dest] = key[dest] = 0
+                        else:
+                            m.set_far(dest, 0)
+                        ldst[i - 1] = lsrc[i - 1] = DEAD
+                        dropped += 1
+                    else:
+                        dest = x
+                        if i and ldst[i - 1] == dest:  # placed: a later stage writes it again
+                            p = lsrc[i - 1]
+                            if data is not None:
+                                off = (dest - first) << PAGE_SHIFT
+                                write(p, data[off:min(off + PAGE_SIZE, bufsz)]
+                                      if off < bufsz else b"")
+                            continue
+                    while True:
+                        if nfree <= 0:
+                            raise self._enomem()
+                        if offer and (p := self._offer(img, dest)) >= 0:
+                            pass
+                        else:  # the next free page in the seeded order
+                            while True:
+                                for p in it:
+                                    if not codes[p]:
+                                        break
+                                else:
+                                    order.refill()
+                                    it = order.it
+                                    continue
+                                break
+                        codes[p] = code
+                        nfree -= 1
+                        if p >= limit:
+                            add_unusable(p)
+                            continue
+                        add_page(p)
+                        if p == dest:  # in place
+                            ldst.append(p)
+                            lsrc.append(p)
+                            nlog += 1
+                            idx[p] = nlog
+                            key[p] = 1
+                            kept += 1
+                            break
+                        if key[p]:
+                            # p is an earlier destination whose content waits in s: move it home
+                            i = idx[p]
+                            s = lsrc[i - 1]
+                            if copy:
+                                mem.copy_pages(p, s)
+                            lsrc[i - 1] = p
+                            idx[s] = 0
+                            swapped += 1
+                            p = s
+                        if lo <= p < hi:
+                            j = bisect_right(starts, p)
+                            if j and p < ends[j - 1]:  # reserved in place for a page of this call
+                                ldst.append(p)
+                                lsrc.append(p)
+                                nlog += 1
+                                idx[p] = nlog
+                                key[p] = 1
+                                kept += 1
+                                continue
+                        if dest >= 0:
+                            ldst.append(dest)
+                            lsrc.append(p)
+                            nlog += 1
+                            if dest < npfn:
+                                idx[dest] = nlog
+                                key[dest] = 1
+                            else:
+                                m.set_far(dest, nlog)
+                            idx[p] = nlog
+                        break
+                    if rehome:
+                        if copy:
+                            mem.copy_pages(p, x)
+                        ldst.append(x)
+                        lsrc.append(x)
+                        nlog += 1
+                        idx[x] = nlog
+                        key[x] = 1
+                        kept += 1
+                    elif data is not None:
+                        off = (dest - first) << PAGE_SHIFT
+                        write(p, data[off:min(off + PAGE_SIZE, bufsz)] if off < bufsz else b"")
+        finally:
+            lvl.nfree = nfree
+            owner.add_count(nfree0 - nfree)
+            added = nlog - nlog0
+            if added or dropped or swapped:
+                m.n += added - dropped
+                m.moved += added - kept - dropped - swapped
+                m.touch()
+        return p
+
+    def _enomem(self) -> KernelErr:
+        return KernelErr(errno.ENOMEM, f"out of memory: all {self.pool.n} pages of RAM are in "
+                                       "use")
+
+    def _offer(self, img: Image, dest: int) -> int:
+        """What the allocator offers before the seeded order: a scripted
+        page, or (with probability ``collide``) a destination of ``img``;
+        -1: neither."""
+        owner = self.level.owner
         while self.script:
             p = self.script.pop(0)
             if p in self.pool and p not in owner:
@@ -585,10 +721,21 @@ class ModelKernel:
             p = self._pick_destination(img, dest)
             if p >= 0 and p not in owner and p in self.pool:
                 return p
-        nxt = self.order.next
+        return -1
+
+    def _hand_out(self, img: Image, dest: int) -> int:
+        """A free pool page: a scripted one, a destination of ``img`` (with
+        probability ``collide``), or the next free one in the seeded order."""
+        lvl = self.level
+        if lvl.nfree <= 0:
+            raise self._enomem()
+        p = self._offer(img, dest)
+        if p >= 0:
+            return p
+        codes, nxt = lvl.owner.codes, self.order.next
         while True:
             p = nxt()
-            if p not in owner:
+            if not codes[p]:
                 return p
 
     def _pick_destination(self, img: Image, dest: int) -> int:
@@ -606,13 +753,9 @@ class ModelKernel:
                 return (img.seg_mem[i] >> PAGE_SHIFT) + rng.randrange(n)
         return -1
 
-    def _release(self, pages: Sequence[int]) -> None:
-        owner = self.level.owner
-        freed = 0
-        for p in pages:
-            if owner.pop(p, None) is not None:
-                freed += 1
-        self.level.nfree += freed
+    def _release(self, pages: Iterable[int]) -> None:
+        lvl = self.level
+        lvl.nfree += lvl.owner.release(pages)
 
     def _free_image(self, img: Image | None) -> None:
         """``kimage_free``: every page the image holds goes back to the pool."""
@@ -621,7 +764,7 @@ class ModelKernel:
         for arr in (img.pages, img.unusable, img.control):  # ind pages are in pages
             self._release(arr)
         img.pages, img.unusable, img.control, img.ind = _q(), _q(), _q(), _q()
-        img.map, img.rev = {}, {}
+        img.map = PageTable()
 
     # --- finishing: control pages and the relocation list ----------------------------------
 
@@ -745,15 +888,12 @@ class ModelKernel:
             img.kind, lvl.name, name, _q(img.seg_mem), _q(img.seg_memsz), _q(img.seg_bufsz),
             cmd, bp, (img.control[0] << PAGE_SHIFT) if img.preserve_context and img.control
             else None, moved, self.mem.lost_bytes - lost0)
+        owner = lvl.owner.frozen() if img.preserve_context else Owners(self.npfn)
+        owner.set_many(self.pool.select(img.map), 0)
         if img.preserve_context:
-            owner = dict.fromkeys(lvl.owner, -1)
-            for d in img.map:
-                if d in self.pool:
-                    owner[d] = 0
             self.levels.append(Level(name, owner, self.pool.n - len(owner), cmd or "",
                                      entered=rec))
         else:
-            owner = {d: 0 for d in img.map if d in self.pool}
             self.levels = [Level(name, owner, self.pool.n - len(owner), cmd or "",
                                  entered=rec)]
         self.last_jump = rec
@@ -852,10 +992,13 @@ class ModelKernel:
             if p not in self.pool:
                 bad.append(f"owned page {p:#x} is not in the pool")
                 break
+        if len(owner) != sum(1 for _ in owner):
+            bad.append(f"owner counts {len(owner)} pages, holds {sum(1 for _ in owner)}")
         held: dict[int, int] = {}
         for img in (lvl.kexec, lvl.staging, lvl.crash):
             if img is None:
                 continue
+            bad += [f"image {img.id}: {why}" for why in img.map.check()]
             for arr in (img.pages, img.unusable, img.control):
                 for p in arr:
                     if p in held:

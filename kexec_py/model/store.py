@@ -55,6 +55,7 @@ from kexec_py.errors import KexecError
 from kexec_py.model.config import ModelConfig
 from kexec_py.model.kernel import Image, JumpRecord, Level, ModelKernel
 from kexec_py.model.physmem import PhysMem
+from kexec_py.model.tables import Owners, PageTable
 
 STATE_VERSION = 1
 MAGIC = b"KPYMODEL"
@@ -99,9 +100,9 @@ class Packer:
         self.blobs.append(a.tobytes())
         return [len(self.blobs) - 1, a.typecode]
 
-    def dict(self, d: dict[int, int], signed: bool = False) -> list[Any]:
-        return [self.arr(array("Q", d.keys())), self.arr(array("q" if signed else "Q",
-                                                               d.values()))]
+    def pair(self, keys: array[int], values: array[int]) -> list[Any]:
+        """A dict as two arrays of the same length (keys, values)."""
+        return [self.arr(keys), self.arr(values)]
 
 
 class Unpacker:
@@ -118,11 +119,11 @@ class Unpacker:
             a.byteswap()
         return a
 
-    def dict(self, ref: list[Any]) -> dict[int, int]:
+    def pair(self, ref: list[Any]) -> tuple[array[int], array[int]]:
         keys, values = self.arr(ref[0]), self.arr(ref[1])
         if len(keys) != len(values):
             raise ValueError("dict blobs of different lengths")
-        return dict(zip(keys, values, strict=True))
+        return keys, values
 
 
 # --- the kernel <-> JSON + blobs ------------------------------------------------------------
@@ -138,22 +139,21 @@ def _img_out(img: Image | None, p: Packer) -> dict[str, Any] | None:
     d: dict[str, Any] = {
         "id": img.id, "kind": img.kind, "crash": img.crash, "entry": img.entry,
         "preserve_context": img.preserve_context, "stage": int(img.stage), "calls": img.calls,
-        "map": p.dict(img.map), "file": img.file,
+        "map": p.pair(*img.map.arrays()), "file": img.file,
     }
     for name in _IMG_ARRAYS:
         d[name] = p.arr(getattr(img, name))
     return d
 
 
-def _img_in(d: dict[str, Any] | None, u: Unpacker) -> Image | None:
+def _img_in(d: dict[str, Any] | None, u: Unpacker, npfn: int) -> Image | None:
     if d is None:
         return None
     img = Image(int(d["id"]), str(d["kind"]), bool(d["crash"]), int(d["entry"]),
                 bool(d["preserve_context"]), Stage(int(d["stage"])), int(d["calls"]))
     for name in _IMG_ARRAYS:
         setattr(img, name, u.arr(d[name]))
-    img.map = u.dict(d["map"])
-    img.rev = {s: t for t, s in img.map.items() if s != t}
+    img.map = PageTable.from_arrays(npfn, *u.pair(d["map"]))
     img.file = d["file"]
     return img
 
@@ -190,7 +190,7 @@ def dump_kernel(k: ModelKernel) -> tuple[dict[str, Any], list[bytes]]:
     levels = []
     for lvl in k.levels:
         levels.append({
-            "name": lvl.name, "owner": p.dict(lvl.owner, signed=True), "nfree": lvl.nfree,
+            "name": lvl.name, "owner": p.pair(*lvl.owner.arrays()), "nfree": lvl.nfree,
             "cmdline": lvl.cmdline, "kexec": _img_out(lvl.kexec, p),
             "staging": _img_out(lvl.staging, p), "crash": _img_out(lvl.crash, p),
             "entered": _jump_out(lvl.entered, p),
@@ -216,9 +216,10 @@ def load_kernel(header: dict[str, Any], blobs: list[memoryview], mem: PhysMem,
     k.next_id = int(header["next_id"])
     k.levels = []
     for d in header["levels"]:
-        k.levels.append(Level(str(d["name"]), u.dict(d["owner"]), int(d["nfree"]),
-                              str(d["cmdline"]), _img_in(d["kexec"], u),
-                              _img_in(d["staging"], u), _img_in(d["crash"], u),
+        n = k.npfn
+        k.levels.append(Level(str(d["name"]), Owners.from_arrays(n, *u.pair(d["owner"])),
+                              int(d["nfree"]), str(d["cmdline"]), _img_in(d["kexec"], u, n),
+                              _img_in(d["staging"], u, n), _img_in(d["crash"], u, n),
                               _jump_in(d["entered"], u)))
     if not k.levels:
         raise ValueError("no kernel level")
