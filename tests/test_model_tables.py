@@ -2,11 +2,14 @@
 
 - :class:`Owners` and :class:`PageTable` behave as the dicts they replace
   (insertion order, re-assignment keeps the place, delete + insert moves
-  to the end; the reverse map; the arrays the state file stores).
+  to the end; the reverse map; the arrays the state file stores);
+- the overlap pre-check of the segment rules finds what the kernel's
+  pairwise loop finds.
 """
 
 from __future__ import annotations
 
+import errno
 import random
 from array import array
 
@@ -14,7 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kexec_py.abi import PAGE_SIZE
+from kexec_py.model.config import ModelConfig
+from kexec_py.model.kernel import KernelErr, ModelKernel
+from kexec_py.model.physmem import PhysMem
 from kexec_py.model.tables import DEAD, Owners, PageTable, _differ
+from kexec_py.ranges import MemRegion, Range
+from kexec_py.segments import Segment
+
+P = PAGE_SIZE
 
 # --- Owners ------------------------------------------------------------------------------
 
@@ -144,3 +155,32 @@ def test_differ_marks_the_elements_that_differ(pairs: list[tuple[int, int]], chu
     a = array("Q", [x for x, _ in pairs])
     b = array("Q", [y if y % 3 else x for x, y in pairs])
     assert [bool(v) for v in _differ(a, b, chunk)] == [x != y for x, y in zip(a, b, strict=True)]
+
+
+# --- the segment rules --------------------------------------------------------------------
+
+
+def pairwise_overlap(segs: list[Segment]) -> str | None:
+    for i, a in enumerate(segs):
+        for b in segs[:i]:
+            if a.mem + a.memsz > b.mem and a.mem < b.mem + b.memsz:
+                return f"segments {b.describe()} and {a.describe()} overlap"
+    return None
+
+
+@given(st.lists(st.tuples(st.integers(0, 24), st.integers(0, 6)), max_size=9))
+@settings(max_examples=300, deadline=None)
+def test_overlap_check_is_the_kernels(spans: list[tuple[int, int]]) -> None:
+    cfg = ModelConfig(regions=[MemRegion(Range(0x100 * P, 0x200 * P), "System RAM")])
+    k = ModelKernel(cfg, "patched", PhysMem(None, cfg.memory_size()), copy_contents=False)
+    segs = [Segment((0x100 + a) * P, n * P, 0, None) for a, n in spans]
+    want = pairwise_overlap(segs)
+    try:
+        k.check_segments(segs, crash=False)
+        got = None
+    except KernelErr as e:
+        assert e.errno == errno.EINVAL
+        got = e.why
+    finally:
+        k.mem.close()
+    assert got == want

@@ -57,8 +57,18 @@ REBOOT_CALL = "reboot(LINUX_REBOOT_CMD_KEXEC)"
 MODEL_NOTE = ("KPY-MODEL", 1)
 
 
-def _err(call: str, e: KernelErr, hint: str | None = None) -> SyscallError:
-    return SyscallError(call, e.errno, f"{hint or hint_for(e.errno)}; the model says: {e.why}")
+#: a call's text, or what makes it (only an error needs it)
+CallText = str | Callable[[], str]
+_SLASH = Path("/")
+
+
+def _text(call: CallText) -> str:
+    return call if isinstance(call, str) else call()
+
+
+def _err(call: CallText, e: KernelErr, hint: str | None = None) -> SyscallError:
+    return SyscallError(_text(call), e.errno,
+                        f"{hint or hint_for(e.errno)}; the model says: {e.why}")
 
 
 def _load_text(entry: int, segments: Sequence[Segment], flags: int) -> str:
@@ -180,7 +190,7 @@ class ModelBackend:
                            "was dropped and memory contents are undefined")
         self._changed = True
 
-    def _kernel(self, write: bool = False, call: str | None = None) -> ModelKernel:
+    def _kernel(self, write: bool = False, call: CallText | None = None) -> ModelKernel:
         """The model kernel; ``write`` takes the model's kexec lock first
         (EBUSY, as SyscallError naming ``call``, when another invocation
         holds it)."""
@@ -190,7 +200,7 @@ class ModelBackend:
             return self._k
         if write and not self._writable:
             if not self.store.try_lock():
-                raise SyscallError(call or "kexec lock", errno.EBUSY,
+                raise SyscallError(_text(call) if call else "kexec lock", errno.EBUSY,
                                    f"{hint_for(errno.EBUSY)}; the model's state "
                                    f"{self.store.path} is locked by another kexec-py")
             self._release_kernel()
@@ -245,7 +255,7 @@ class ModelBackend:
         elif not cap:
             reasons.append("the model was told this process lacks CAP_SYS_BOOT")
         disabled: bool | None = False
-        if self.root != Path("/"):
+        if self.root != _SLASH:
             root_cap = has_cap_sys_boot(procfs.read_text(self.root, "proc/self/status"))
             if root_cap is False:
                 cap = False
@@ -255,17 +265,20 @@ class ModelBackend:
                 reasons.append(f"{self.root / 'proc/sys/kernel/kexec_load_disabled'} is 1")
         return (bool(cap) and not disabled), cap, disabled, reasons
 
-    def _check_perm(self, call: str) -> None:
+    def _check_perm(self, call: CallText) -> None:
         ok, _, _, reasons = self._perm()
         if not ok:
-            raise SyscallError(call, errno.EPERM, "; ".join(reasons))
+            raise SyscallError(_text(call), errno.EPERM, "; ".join(reasons))
 
     # --- the system calls --------------------------------------------------------------
 
     def kexec_load(self, entry: int, segments: Sequence[Segment], flags: int) -> None:
         if flags & abi.KEXEC_ARCH_MASK == 0:
             flags |= abi.KEXEC_ARCH_X86_64
-        call = _load_text(entry, segments, flags)
+
+        def call() -> str:
+            return _load_text(entry, segments, flags)
+
         self._check_perm(call)
         k = self._kernel()
         try:

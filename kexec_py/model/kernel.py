@@ -443,11 +443,14 @@ class ModelKernel:
             if mem + memsz >= DEST_LIMIT:
                 raise KernelErr(errno.EADDRNOTAVAIL, f"segment {s.describe()} ends above the "
                                                      "x86_64 destination limit")
-        for i, a in enumerate(segs):
-            for b in segs[:i]:
-                if a.mem + a.memsz > b.mem and a.mem < b.mem + b.memsz:
-                    raise KernelErr(errno.EINVAL, f"segments {b.describe()} and {a.describe()} "
-                                                  "overlap")
+        # sorted by address, segments overlap only if one starts before the
+        # end of one before it; then the kernel's pairwise loop names them
+        end = -1
+        for a, b in sorted((s.mem, s.mem + s.memsz) for s in segs):
+            if a < end:
+                self._check_overlap(segs)
+                break
+            end = max(end, b)
         for s in segs:
             if s.bufsz > s.memsz or s.bufsz < 0:
                 raise KernelErr(errno.EINVAL, f"segment {s.describe()} has bufsz > memsz")
@@ -470,6 +473,14 @@ class ModelKernel:
                         f"the crash region is {region}"
                     raise KernelErr(errno.EADDRNOTAVAIL,
                                     f"crash segment {s.describe()} is outside it: {where}")
+
+    @staticmethod
+    def _check_overlap(segs: Sequence[Segment]) -> None:
+        for i, a in enumerate(segs):
+            for b in segs[:i]:
+                if a.mem + a.memsz > b.mem and a.mem < b.mem + b.memsz:
+                    raise KernelErr(errno.EINVAL, f"segments {b.describe()} and {a.describe()} "
+                                                  "overlap")
 
     # --- loading -------------------------------------------------------------------------
 
