@@ -25,12 +25,16 @@ hibernation image.  Byte layout (little-endian)::
                      (the backup copy for moved pages, p_paddr otherwise),
                      p_filesz = p_memsz = size, p_flags 7, p_vaddr 0, p_align 0
     64+56N  note "KEXEC_PY", n_type 2 (NT_KEXEC_PY_BACKUP_MAP), desc 3 x u64:
-            window start, window end, moved pages
+            window start, window end, moved pages; then 12 zero bytes, an
+            empty note that ends the PT_NOTE (its p_memsz counts them)
 
 A run of moved pages is maximal: consecutive destination pages whose
-sources are consecutive too.  The placeholder is sized for the worst case
+sources are consecutive too.  Destination pages the kernel loaded in place
+(not in the page map: they were free in the original kernel) are in no
+PT_LOAD -- the loaded kernel owns them, and its /proc/vmcore could not read
+them.  The placeholder is sized for the worst case
 (every moved page its own run: ``64 + 56 * (notes + 2 * pages + 2 * RAM
-ranges) + 40`` bytes, pages = every destination page of the load).  A
+ranges) + 60`` bytes, pages = every destination page of the load).  A
 stock ``/proc/vmcore`` reads at most 65535 program headers (no PN_XNUM)
 and 4 MiB of them.
 
@@ -47,6 +51,12 @@ and 4 MiB of them.
 Worst case: ``24 + 16 * pages``.  Either region is left out of the loaded
 kernel's memory map (``memmap=exactmap`` lists only the usable pages of the
 window), so that kernel never overwrites it.
+
+Low memory: an x86 kernel panics at boot without RAM below 1 MiB for its
+real-mode trampoline ("Real mode trampoline was not allocated"), so when
+the window does not reach down there, the RAM below 1 MiB is backed up too
+and given to the loaded kernel as well -- as kexec-tools gives a kdump
+kernel the first 640 KiB and saves them in a backup region.
 """
 
 from __future__ import annotations
@@ -73,7 +83,7 @@ from kexec_py.formats.vmcore import (
     pack_note,
 )
 from kexec_py.procfs import PageMap
-from kexec_py.ranges import MemRegion, Range, merge
+from kexec_py.ranges import MemRegion, Range, merge, subtract
 from kexec_py.segments import Segment
 
 ENCODINGS = ("elfcorehdr", "raw")
@@ -87,7 +97,12 @@ EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
 #: a stock /proc/vmcore reads e_phnum as is: 0xffff (PN_XNUM) is not understood
 VMCORE_MAX_PHNUM = 0xFFFE
-OWN_NOTE_SIZE = len(pack_note(KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP, bytes(24)))
+#: an empty note (n_namesz 0) ends our PT_NOTE, as the kernel's crash notes
+#: end: /proc/vmcore walks a PT_NOTE until n_namesz is 0 and reads the header
+#: after the last note even at p_memsz (a kernel warning, and a read past its
+#: buffer, when nothing ends the list)
+END_NOTE = bytes(12)
+OWN_NOTE_SIZE = len(pack_note(KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP, bytes(24))) + len(END_NOTE)
 
 #: bitmap membership tests cover physical memory up to this many pages (256 GiB)
 _BITMAP_PAGES = 1 << 26
@@ -233,11 +248,23 @@ class NoteArea:
     name: str = ""
 
 
-def core_loads(ram: Sequence[Range], runs: MovedRuns) -> list[tuple[int, int, int]]:
+def core_loads(ram: Sequence[Range], runs: MovedRuns,
+               dests: Sequence[Range] = ()) -> list[tuple[int, int, int]]:
     """The PT_LOADs ``(paddr, data_addr, size)`` describing ``ram`` with
     moved runs redirected to their backup copies, sorted by paddr.
-    Moved runs are clipped to RAM; RAM between them maps to itself."""
+    Moved runs are clipped to RAM; RAM between them maps to itself, except
+    pages of ``dests`` (the load's destinations): a destination page that
+    was not moved was loaded in place -- the kernel took it because it was
+    free in the original kernel, and it belongs to the loaded kernel now,
+    which cannot read it through /proc/vmcore (ioremap refuses its own
+    RAM) -- so it is left out."""
     out: list[tuple[int, int, int]] = []
+    holes = merge(dests)
+
+    def identity(lo: int, hi: int) -> None:
+        for r in subtract([Range(lo, hi)], holes) if holes else [Range(lo, hi)]:
+            out.append((r.start, r.start, r.size))
+
     nruns = len(runs.dst)
     k = 0
     for r in merge(ram):
@@ -251,7 +278,7 @@ def core_loads(ram: Sequence[Range], runs: MovedRuns) -> list[tuple[int, int, in
             de = ds + (runs.count[j] << PAGE_SHIFT)
             lo, hi = max(ds, r.start), min(de, r.end)
             if pos < lo:
-                out.append((pos, pos, lo - pos))
+                identity(pos, lo)
             out.append((lo, (runs.src[j] << PAGE_SHIFT) + (lo - ds), hi - lo))
             pos = hi
             if de > r.end:
@@ -259,7 +286,7 @@ def core_loads(ram: Sequence[Range], runs: MovedRuns) -> list[tuple[int, int, in
             j += 1
         k = j
         if pos < r.end:
-            out.append((pos, pos, r.end - pos))
+            identity(pos, r.end)
     return out
 
 
@@ -272,15 +299,18 @@ def elfcorehdr_worst_case(ram: Sequence[Range], dest_pages: int, extra_notes: in
 
 
 def build_elfcorehdr(ram: Sequence[Range], pm: PageMap, *, addr: int, window: Range,
-                     notes: Sequence[NoteArea] = (), machine: int = EM_X86_64) -> bytes:
+                     notes: Sequence[NoteArea] = (), machine: int = EM_X86_64,
+                     dests: Sequence[Range] = ()) -> bytes:
     """The elfcorehdr encoding of ``pm`` (see the module docstring).
 
     ``addr`` is where the header will lie in physical memory (its own note
-    is referenced there); ``ram`` is the original kernel's System RAM.
+    is referenced there); ``ram`` is the original kernel's System RAM;
+    ``dests`` the load's destination pages, of which those loaded in place
+    are left out (:func:`core_loads`).
     Raises :class:`PlanError` when a stock /proc/vmcore could not read it.
     """
     runs = moved_runs(pm)
-    loads = core_loads(ram, runs)
+    loads = core_loads(ram, runs, dests)
     phnum = 1 + len(notes) + len(loads)
     if phnum > VMCORE_MAX_PHNUM:
         raise PlanError(
@@ -289,7 +319,7 @@ def build_elfcorehdr(ram: Sequence[Range], pm: PageMap, *, addr: int, window: Ra
             errno.E2BIG)
     note_off = EHDR.size + PHDR.size * phnum
     own = pack_note(KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP,
-                    struct.pack("<QQQ", window.start, window.end, runs.pages))
+                    struct.pack("<QQQ", window.start, window.end, runs.pages)) + END_NOTE
     buf = bytearray(note_off + len(own))
     ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
     EHDR.pack_into(buf, 0, ident, ET_CORE, machine, 1, 0, EHDR.size, 0, 0, EHDR.size,
@@ -453,12 +483,19 @@ def window_ram(memmap: Sequence[MemRegion], window: Range) -> list[Range]:
     return out
 
 
+#: the loaded kernel needs RAM below this (x86: its real-mode trampoline)
+LOW_MEMORY = Range(0, 1 << 20)
+
+
 @dataclass
 class WindowLayout:
     """Where the backup map goes for a ``--load-preserve-context`` load
     confined to ``window``: ``region`` (the placeholder, at the top of the
     window's RAM), the parameters for the loaded kernel's command line,
-    and the RAM left for the kernel's own segments (``kernel_ram``)."""
+    and the RAM left for the kernel's own segments (``kernel_ram``).
+    ``ram`` is every page that is backed up: the window's RAM and ``low``,
+    the RAM below 1 MiB outside the window (empty when the window covers
+    it), which the loaded kernel gets too."""
 
     window: Range
     encoding: str
@@ -467,39 +504,51 @@ class WindowLayout:
     worst_case: int
     cmdline: list[str]
     kernel_ram: list[Range]
+    low: list[Range] = field(default_factory=list)
 
     @property
     def dest_pages(self) -> int:
         return sum(r.size for r in self.ram) >> PAGE_SHIFT
 
 
-def plan_window(memmap: Sequence[MemRegion], window: Range, encoding: str = "elfcorehdr",
-                extra_notes: int = 0) -> WindowLayout:
-    """Reserve the backup map's placeholder in ``window`` and confine the
-    loaded kernel to the rest.
+def low_ram(memmap: Sequence[MemRegion], window: Range) -> list[Range]:
+    """Whole pages of System RAM below 1 MiB that ``window`` leaves out."""
+    out: list[Range] = []
+    for r in window_ram(memmap, LOW_MEMORY):
+        out.extend(_minus(r, window))
+    return out
 
-    Every page of the window's RAM becomes a destination (the kernel's
-    segments, the placeholder, and zero-filled backup segments over the
-    rest), so the worst case is computed from the window alone.
+
+def plan_window(memmap: Sequence[MemRegion], window: Range, encoding: str = "elfcorehdr",
+                extra_notes: int = 0, low_memory: bool = True) -> WindowLayout:
+    """Reserve the backup map's placeholder in ``window`` and confine the
+    loaded kernel to the rest (plus, with ``low_memory``, the RAM below
+    1 MiB that the window leaves out: see the module docstring).
+
+    Every page of that RAM becomes a destination (the kernel's segments,
+    the placeholder, and zero-filled backup segments over the rest), so the
+    worst case is computed from it alone.
     """
     if encoding not in ENCODINGS:
         raise PlanError(f"--backup-map {encoding}: expected one of {', '.join(ENCODINGS)}")
     ram = window_ram(memmap, window)
-    pages = sum(r.size for r in ram) >> PAGE_SHIFT
-    if not pages:
+    if not ram:
         raise PlanError(f"the window {window} holds no whole page of System RAM",
                         "choose --mem-min/--mem-max inside System RAM (kexec-py inspect)",
                         errno.EADDRNOTAVAIL)
+    low = low_ram(memmap, window) if low_memory else []
+    ram = merge([*low, *ram])
+    pages = sum(r.size for r in ram) >> PAGE_SHIFT
     all_ram = [m.range for m in memmap if m.is_ram]
     worst = (elfcorehdr_worst_case(all_ram, pages, extra_notes) if encoding == "elfcorehdr"
              else raw_worst_case(pages))
     size = (worst + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
     region = None
     for r in reversed(ram):
-        if r.size >= size:
+        if r.size >= size and r.overlaps(window):
             region = Range(r.end - size, r.end)
             break
-    if region is None or size * 2 > pages << PAGE_SHIFT:
+    if region is None or size * 2 > pages << PAGE_SHIFT or not window.covers(region):
         raise PlanError(
             f"the backup map needs up to {size:#x} bytes, and the window {window} "
             f"({pages} pages of RAM) has no room for it and a kernel",
@@ -507,7 +556,7 @@ def plan_window(memmap: Sequence[MemRegion], window: Range, encoding: str = "elf
     kernel_ram = [x for r in ram for x in _minus(r, region)]
     param = "elfcorehdr" if encoding == "elfcorehdr" else "kexec_backup_map"
     cmd = confine_cmdline(memmap, kernel_ram) + [f"{param}={size:#x}@{region.start:#x}"]
-    return WindowLayout(window, encoding, ram, region, worst, cmd, kernel_ram)
+    return WindowLayout(window, encoding, ram, region, worst, cmd, kernel_ram, low)
 
 
 def _minus(r: Range, hole: Range) -> list[Range]:
@@ -529,6 +578,6 @@ def parameter_builder(layout: WindowLayout, memmap: Sequence[MemRegion],
         if layout.encoding == "raw":
             return build_raw(pm)
         return build_elfcorehdr(ram, pm, addr=layout.region.start, window=layout.window,
-                                notes=notes, machine=machine)
+                                notes=notes, machine=machine, dests=layout.ram)
 
     return build

@@ -210,7 +210,8 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
     assert img_a is not None
     a_kexec_pages = set(img_a.pages) | set(img_a.control) | set(img_a.unusable)
     _kv(con, "the backup map (from /proc/kexec_pgmap before KS_final)", [
-        ("destination pages", f"{hl.layout.dest_pages} (the window's RAM)"),
+        ("destination pages", f"{hl.layout.dest_pages} (the window's RAM"
+                              + (" and the low memory)" if hl.layout.low else ")")),
         ("page map entries", f"{len(pm)} moved to a backup page, "
                              f"{hl.layout.dest_pages - len(pm)} loaded in place"),
         ("runs of moved pages", str(len(runs.dst))),
@@ -256,9 +257,13 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
             if got != _page(snapshot, offsets, want_pfn):
                 bad += 1
                 first_bad = first_bad or f"{pfn << PAGE_SHIFT:#x}"
-    check("B sees A's memory byte for byte", bad == 0 and checked == _ram_pages(ram_runs),
+    # pages loaded in place were free in A and are B's now: in no PT_LOAD
+    in_place = hl.layout.dest_pages - len(pm)
+    check("B sees A's memory byte for byte",
+          bad == 0 and checked == _ram_pages(ram_runs) - in_place,
           f"{checked} pages of /proc/vmcore ({view.size:#x} bytes) compared with A's memory, "
-          f"{bad} differ" + (f" (first {first_bad})" if bad else ""))
+          f"{bad} differ" + (f" (first {first_bad})" if bad else "")
+          + f"; the {in_place} pages loaded in place are B's")
 
     # --- 5. save-image -----------------------------------------------------------------------
     con.print(Rule("5. B saves the image (save-image)"))

@@ -359,10 +359,12 @@ def plan_hibernate_load(backend: Backend, req: LoadRequest, *, staged: str = "au
 
     Like kexec-tools, every page of the window's RAM that no kernel segment
     uses becomes a zero-filled backup segment, so the whole window is
-    swapped at the jump and comes back on return.  The backup map's
-    placeholder takes the top of the window; the loaded kernel is confined
-    to the rest (``memmap=exactmap``) and told where the map is
-    (``elfcorehdr=`` or ``kexec_backup_map=``).  Calls nothing.
+    swapped at the jump and comes back on return; so is the RAM below
+    1 MiB when the window leaves it out (the loaded kernel needs some
+    there).  The backup map's placeholder takes the top of the window; the
+    loaded kernel is confined to the rest and the low memory
+    (``memmap=exactmap``) and told where the map is (``elfcorehdr=`` or
+    ``kexec_backup_map=``).  Calls nothing.
     """
     if req.crash:
         raise UnsupportedError("a hibernation load cannot be a crash kernel (-p)",
@@ -382,8 +384,11 @@ def plan_hibernate_load(backend: Backend, req: LoadRequest, *, staged: str = "au
         notes.append(f"--entry {req.entry:#x} replaces the entry stub at {entry:#x}")
         entry = req.entry
     placeholder = Segment(layout.region.start, layout.region.size, 0, None, "backup map")
-    # pages of the window the kernel's own fill left out (above the placeholder)
+    # pages of the window the kernel's own fill left out (above the placeholder),
+    # and the low memory the loaded kernel gets too
     extra = fill_window([*segs, placeholder], layout.ram, within, "window")
+    for r in layout.low:
+        extra += fill_window(segs, layout.ram, r, "low memory")
     segs = sorted(segs + extra, key=lambda s: s.mem)
     dest = merge([Range(s.mem, s.end) for s in segs] + [layout.region])
     if dest != merge(layout.ram):
@@ -399,6 +404,10 @@ def plan_hibernate_load(backend: Backend, req: LoadRequest, *, staged: str = "au
                    max_segments=max_segments)
     pages = layout.dest_pages
     sp.plan.notes[:0] = notes
+    if layout.low:
+        sp.plan.notes.append(
+            f"low memory {describe(layout.low)} is backed up too and given to the loaded "
+            "kernel: an x86 kernel needs RAM below 1 MiB for its real-mode trampoline")
     sp.plan.notes.append(
         f"backup map ({encoding}): up to {layout.worst_case:#x} bytes at {layout.region} for "
         f"{pages} destination pages; the loaded kernel is confined to the window with "

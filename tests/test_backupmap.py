@@ -15,7 +15,7 @@ from kexec_py import backupmap as bm
 from kexec_py.errors import PlanError, ProcfsError
 from kexec_py.formats.vmcore import KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP, parse_notes
 from kexec_py.procfs import PageMap, format_pgmap, parse_pgmap
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.ranges import MemRegion, Range, merge
 from kexec_py.segments import Segment
 
 P = 4096
@@ -93,6 +93,28 @@ def test_core_loads_redirect_and_clip() -> None:
     ]
 
 
+def test_core_loads_leave_out_pages_loaded_in_place() -> None:
+    """A destination page that is not in the map was loaded in place: it
+    was free before the load and is the loaded kernel's now (whose
+    /proc/vmcore could not read it), so no PT_LOAD names it."""
+    ram = [Range(0x1000, 0x9FC00), Range(0x100000, 0x200000)]
+    dests = [Range(0x1000, 0x3000), Range(0x100000, 0x106000)]
+    m = pm([(0x1, 0x500), (0x100, 0x600), (0x101, 0x601), (0x104, 0x700)])
+    assert bm.core_loads(ram, bm.moved_runs(m), dests) == [
+        (0x1000, 0x500000, 0x1000),
+        (0x3000, 0x3000, 0x9FC00 - 0x3000),  # pfn 2 was loaded in place
+        (0x100000, 0x600000, 0x2000),        # pfns 0x102-0x103 too
+        (0x104000, 0x700000, 0x1000),        # and 0x105
+        (0x106000, 0x106000, 0x200000 - 0x106000),
+    ]
+    lay = bm.plan_window(MEMMAP, Range(0x1000000, 0x2000000))
+    core = bm.parse_elfcorehdr(bm.parameter_builder(lay, MEMMAP)(pm([(0x1000, 0x30000)])))
+    covered = merge(Range(pa, pa + size) for pa, _, size in core.loads)
+    # the window and the low memory are destinations: only the moved page is left of them
+    assert covered == [Range(0x9F000, 0x9FC00), Range(0x100000, 0x1001000),
+                       Range(0x2000000, 0x1FFE0000)]
+
+
 def test_run_spanning_two_ram_ranges() -> None:
     ram = [Range(0x0, 0x2000), Range(0x2000 + 0, 0x4000)]  # merged into one
     m = pm([(1, 0x10), (2, 0x11)])
@@ -128,6 +150,9 @@ def test_elfcorehdr_layout() -> None:
     assert core.notes[2] == (0x500000, 0x40)
     (own,) = parse_notes(hdr[own_off:], True, "own")
     assert (own.name, own.type) == (KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP)
+    # an empty note ends the PT_NOTE inside its p_memsz: /proc/vmcore reads
+    # note headers until n_namesz is 0, even one at p_memsz
+    assert hdr[-12:] == bytes(12) and hdr[-20:-12] == struct.pack("<Q", 2)
     assert struct.unpack("<QQQ", own.desc) == (0x100000, 0x1000000, 2)
     assert core.loads == [(0x1000, 0x1000, 0x9EC00), (0x100000, 0x100000, 0x100000),
                           (0x200000, 0xE00000, 0x2000), (0x202000, 0x202000, 0xDFE000)]
@@ -274,6 +299,23 @@ def test_plan_window() -> None:
     raw = bm.plan_window(MEMMAP, Range(0, 0x8000000), "raw")
     assert raw.region.size < lay.region.size
     assert any(t.startswith("kexec_backup_map=") for t in raw.cmdline)
+
+
+def test_plan_window_backs_up_low_memory() -> None:
+    """An x86 kernel cannot boot without RAM below 1 MiB (its real-mode
+    trampoline): a window above it gets the low RAM too, backed up."""
+    lay = bm.plan_window(MEMMAP, Range(0x1000000, 0x2000000))
+    assert lay.low == [Range(0, 0x9F000)]
+    assert lay.ram == [Range(0, 0x9F000), Range(0x1000000, 0x2000000)]
+    assert Range(0, 0x9F000) in lay.kernel_ram and "memmap=636K@0K" in lay.cmdline
+    assert lay.window.covers(lay.region) and lay.region.end == 0x2000000
+    assert lay.worst_case == bm.elfcorehdr_worst_case(
+        [m.range for m in MEMMAP if m.is_ram], (0x9F000 + 0x1000000) >> 12)
+    assert bm.plan_window(MEMMAP, Range(0, 0x2000000)).low == []
+    assert bm.plan_window(MEMMAP, Range(0x50000, 0x2000000)).low == [Range(0, 0x50000)]
+    off = bm.plan_window(MEMMAP, Range(0x1000000, 0x2000000), low_memory=False)
+    assert off.low == [] and off.ram == [Range(0x1000000, 0x2000000)]
+    assert not any("@0K" in t for t in off.cmdline)
 
 
 def test_plan_window_errors() -> None:

@@ -371,24 +371,54 @@ def test_backup_map_shows_the_original_memory(tmp_path: Path, seed: int, collide
     try:
         assert ex.pagemap is not None
         back = dict(zip(ex.pagemap.src, ex.pagemap.dst, strict=True))
+        moved = set(ex.pagemap.dst)
         view = hibernate.model_vmcore(be)
         data = view.read(0, view.size)
         img = parse_core(data, "vmcore")
+        # destination pages the kernel loaded in place were free before the
+        # load and are the loaded kernel's now: in no PT_LOAD
+        in_place = {pfn for r in hl.layout.ram for pfn in range(r.start >> PAGE_SHIFT,
+                                                                r.end >> PAGE_SHIFT)
+                    if pfn not in moved}
         seen = 0
         for seg in img.segments():
             buf = bytes(seg.buf) if seg.buf is not None else b""
             for off in range(0, seg.memsz, P):
                 pfn = (seg.mem + off) >> PAGE_SHIFT
+                assert pfn not in in_place, f"page {pfn << PAGE_SHIFT:#x} was loaded in place"
                 want = back.get(pfn, pfn) << PAGE_SHIFT
                 assert buf[off:off + P].ljust(P, b"\0") == snap[want:want + P], \
                     f"page {pfn << PAGE_SHIFT:#x}"
                 seen += 1
         ram_pages = sum(r.size for r in be.ram()) >> PAGE_SHIFT
-        assert seen == ram_pages
+        assert seen == ram_pages - len(in_place)
         # and the hibernating kernel is confined to the window, map excluded
         cmd = hibernate.model_cmdline(be)
         assert "memmap=exactmap" in cmd and f"@{hl.layout.region.start:#x}" in cmd
         assert hibernate.jump_back_entry(cmd) == be.last_jump.jump_back_entry  # type: ignore[union-attr]
+    finally:
+        be.close()
+
+
+def test_hibernation_load_backs_up_low_memory(tmp_path: Path) -> None:
+    """A window above 1 MiB: the low RAM is swapped out too (zero-filled
+    segments), the hibernating kernel gets it, and its /proc/vmcore shows
+    the original low memory."""
+    be, snap, ex, hl = _hibernate(3, 0.25, (8 * MIB, 24 * MIB), [0x2000, 0x9E000, 0x900000],
+                                  tmp_path)
+    try:
+        low = [s for c in hl.staged.plan.calls for s in c.segments if s.name == "low memory"]
+        assert [(s.mem, s.end, s.bufsz) for s in low] == [(0x1000, 0x9F000, 0)]
+        assert any("low memory" in n for n in hl.notes)
+        cmd = hibernate.model_cmdline(be)
+        assert "memmap=632K@4K" in cmd
+        assert ex.pagemap is not None and 0x2 in set(ex.pagemap.dst)
+        view = hibernate.model_vmcore(be)
+        img = parse_core(view.read(0, view.size), "vmcore")
+        for a in (0x2000, 0x9E000):
+            seg = next(s for s in img.segments() if s.mem <= a < s.end)
+            assert seg.buf is not None
+            assert bytes(seg.buf[a - seg.mem:a - seg.mem + P]) == snap[a:a + P]
     finally:
         be.close()
 
