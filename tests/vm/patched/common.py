@@ -18,11 +18,13 @@ BUILD_TIMEOUT = 3600
 
 def boot(name: str, script: str, kernel: Path, payload: Path, *, memory: int = 512,
          smp: int = 1, append: str = "", params: Mapping[str, str] | None = None,
-         timeout: int = harness.DEFAULT_TIMEOUT) -> SerialLog:
+         timeout: int = harness.DEFAULT_TIMEOUT,
+         extra_files: Mapping[str, Path | bytes] | None = None) -> SerialLog:
     """harness.boot of guest/SCRIPT as scenario NAME, with kstage.py in the
-    initramfs and ``payload`` as /boot/vmlinuz."""
+    initramfs and ``payload`` as /boot/vmlinuz; ``extra_files`` (guest path
+    -> host file or contents) are added to the initramfs."""
     extra = {f"scenarios/{name}.sh": (GUEST / script).read_bytes(),
-             "patched/kstage.py": (GUEST / "kstage.py").read_bytes()}
+             "patched/kstage.py": (GUEST / "kstage.py").read_bytes(), **(extra_files or {})}
     initrd = harness.build_initrd(payload, extra)
     words = ["console=ttyS0", "panic=-1", f"kexec_py.scenario={name}"]
     words += [f"kexec_py.{k}={v}" for k, v in (params or {}).items()]
