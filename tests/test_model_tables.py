@@ -21,7 +21,7 @@ from kexec_py.abi import PAGE_SIZE
 from kexec_py.model.config import ModelConfig
 from kexec_py.model.kernel import KernelErr, ModelKernel
 from kexec_py.model.physmem import PhysMem
-from kexec_py.model.tables import DEAD, Owners, PageTable, _differ
+from kexec_py.model.tables import DEAD, Owners, PageTable, _moved
 from kexec_py.ranges import MemRegion, Range
 from kexec_py.segments import Segment
 
@@ -148,13 +148,18 @@ def test_page_table_refuses_inconsistent_state_arrays() -> None:
     assert len(PageTable.from_arrays(300, q, q)) == 0
 
 
-@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)), max_size=40),
-       st.integers(1, 7))
-@settings(max_examples=60, deadline=None)
-def test_differ_marks_the_elements_that_differ(pairs: list[tuple[int, int]], chunk: int) -> None:
-    a = array("Q", [x for x, _ in pairs])
-    b = array("Q", [y if y % 3 else x for x, y in pairs])
-    assert [bool(v) for v in _differ(a, b, chunk)] == [x != y for x, y in zip(a, b, strict=True)]
+u64 = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**63, DEAD, DEAD - 1]))
+
+
+@given(st.lists(st.tuples(u64, u64, st.integers(0, 3)), max_size=40), st.integers(1, 7))
+@settings(max_examples=100, deadline=None)
+def test_moved_marks_live_entries_not_in_place(entries: list[tuple[int, int, int]],
+                                               chunk: int) -> None:
+    d = array("Q", [DEAD if k == 0 else x for x, _, k in entries])
+    s = array("Q", [x if k == 1 else y for x, y, k in entries])
+    want = [x != DEAD and x != y for x, y in zip(d, s, strict=True)]
+    assert list(_moved(d, s, chunk)) == want
+    assert list(_moved(d, None, chunk)) == [x != DEAD for x in d]
 
 
 # --- the segment rules --------------------------------------------------------------------

@@ -501,27 +501,43 @@ class ModelKernel:
         try:
             if fix and img.map.moved:
                 self._fix_old_pages(img)
-            runs: list[Run] = []
+            runs: list[Run] = []  # contents copied: a run per segment
+            firsts: list[int] = []  # else the pages of all segments
+            ends: list[int] = []
             for s in segs:
                 bufsz, buf = s.bufsz, s.buf
                 if bufsz and (buf is None or len(buf) < bufsz):
                     # the pages of the segments before are loaded first, as in the seed
-                    self._alloc(img, runs)
+                    self._alloc(img, runs if self.copy else self._page_runs(img.map, firsts,
+                                                                              ends))
                     have = "no buffer" if buf is None else f"a buffer of {len(buf)} bytes"
                     raise KernelErr(errno.EFAULT, f"segment {s.describe()} has {have} for "
                                                   f"bufsz {bufsz:#x}")
-                data: memoryview | None = None
+                first = s.mem >> PAGE_SHIFT
                 if self.copy:
                     data = memoryview(buf).cast("B") if bufsz and buf is not None \
                         else memoryview(b"")
-                runs += self._runs(img.map, s.mem >> PAGE_SHIFT, s.memsz >> PAGE_SHIFT, data,
-                                   bufsz)
-            if not self.copy and len(runs) > 1:  # nothing per segment: one run
-                runs = [(chain.from_iterable(r[0] for r in runs),
-                         chain.from_iterable(r[1] for r in runs), None, 0, 0)]
-            self._alloc(img, runs)
+                    runs += self._runs(img.map, first, s.memsz >> PAGE_SHIFT, data, bufsz)
+                else:
+                    firsts.append(first)
+                    ends.append(first + (s.memsz >> PAGE_SHIFT))
+            self._alloc(img, runs if self.copy else self._page_runs(img.map, firsts, ends))
         finally:
             self._new_starts, self._new_ends, self._call_segs = [], [], []
+
+    def _page_runs(self, m: PageTable, firsts: list[int], ends: list[int]) -> list[Run]:
+        """The pages ``[firsts[i], ends[i])`` of every segment, in order, as
+        one run for :meth:`_alloc` (no contents to copy)."""
+        if not firsts:
+            return []
+        if max(ends) > self.npfn:  # pages above the machine's end: run by run
+            runs = [r for f, e in zip(firsts, ends, strict=True)
+                    for r in self._runs(m, f, e - f, None, 0)]
+            return [(chain.from_iterable(r[0] for r in runs),
+                     chain.from_iterable(r[1] for r in runs), None, 0, 0)]
+        return [(chain.from_iterable(map(range, firsts, ends)),
+                 chain.from_iterable(map(m.idx.__getitem__, map(slice, firsts, ends))),
+                 None, 0, 0)]
 
     def _runs(self, m: PageTable, first: int, n: int, data: memoryview | None,
               bufsz: int) -> list[Run]:
@@ -608,7 +624,8 @@ class ModelKernel:
         nfree0 = nfree = lvl.nfree
         nlog0 = nlog = len(ldst)
         kept = dropped = swapped = 0  # entries added in place, deleted, turned in place
-        p = -1
+        p = x = dest = -1
+        rehoming = False  # a destination's entry is gone, its new one not yet there
         try:
             for dests, ipos, data, first, bufsz in runs:
                 for x, i in zip(dests, ipos, strict=False):
@@ -616,14 +633,14 @@ class ModelKernel:
                         i = idx[x]
                         if not i or key[x]:
                             continue  # no source (any more: re-homed by the allocator)
+                        # del rev[x], del map[dest]; their index entries are
+                        # left to the new entries (nothing reads them before)
                         dest = ldst[i - 1]
-                        idx[x] = 0  # del rev[x], del map[dest]
-                        if dest < npfn:
-                            idx[dest] = key[dest] = 0
-                        else:
+                        if dest >= npfn:
                             m.set_far(dest, 0)
-                        ldst[i - 1] = lsrc[i - 1] = DEAD
+                        ldst[i - 1] = DEAD
                         dropped += 1
+                        rehoming = True
                     else:
                         dest = x
                         if i and ldst[i - 1] == dest:  # placed: a later stage writes it again
@@ -702,10 +719,15 @@ class ModelKernel:
                         idx[x] = nlog
                         key[x] = 1
                         kept += 1
+                        rehoming = False
                     elif data is not None:
                         off = (dest - first) << PAGE_SHIFT
                         write(p, data[off:min(off + PAGE_SIZE, bufsz)] if off < bufsz else b"")
         finally:
+            if rehoming:  # an error between an entry's deletion and the new entries
+                idx[x] = 0
+                if dest < npfn and ldst[idx[dest] - 1] != dest:
+                    idx[dest] = key[dest] = 0
             lvl.nfree = nfree
             owner.add_count(nfree0 - nfree)
             added = nlog - nlog0

@@ -48,20 +48,29 @@ DEAD = (1 << 64) - 1
 _NONZERO = re.compile(rb"[^\x00]+")
 
 
-def _differ(a: array[int], b: array[int], chunk: int = 1 << 16) -> bytes:
-    """Per element of the u64 arrays ``a`` and ``b`` (same length), a
-    non-zero byte where they differ: ``chunk`` elements at a time as
-    integers, xor-ed, each 64-bit lane or-ed down into its low byte (shifts
-    of 32 + 16 + 8 bits bring nothing of the next lane there)."""
-    ma, mb = memoryview(a).cast("B"), memoryview(b).cast("B")
+def _lane_bits(x: int, lanes: int) -> int:
+    """Bit 0 of each 64-bit lane of ``x``: whether the lane is not zero (the
+    lane or-ed down by shifts of 32 + 16 + ... + 1 bits, 63 in all, that
+    bring nothing of the next lane there)."""
+    for shift in (32, 16, 8, 4, 2, 1):
+        x |= x >> shift
+    return x & int.from_bytes(b"\1\0\0\0\0\0\0\0" * lanes, "little")
+
+
+def _moved(ldst: array[int], lsrc: array[int] | None, chunk: int = 1 << 16) -> bytes:
+    """Per entry of the log, 1 when it is live (dst not DEAD) and not in
+    place (src != dst; ``lsrc`` None: live is enough), else 0: ``chunk``
+    entries at a time as integers."""
+    md = memoryview(ldst).cast("B")
+    ms = None if lsrc is None else memoryview(lsrc).cast("B")
     out = bytearray()
-    for i in range(0, 8 * len(a), 8 * chunk):
-        x = int.from_bytes(ma[i:i + 8 * chunk], "little") ^ \
-            int.from_bytes(mb[i:i + 8 * chunk], "little")
-        x |= x >> 32
-        x |= x >> 16
-        x |= x >> 8
-        out += x.to_bytes(min(8 * chunk, 8 * len(a) - i), "little")[::8]
+    for i in range(0, 8 * len(ldst), 8 * chunk):
+        n = min(chunk, len(ldst) - i // 8)
+        d = int.from_bytes(md[i:i + 8 * n], "little")
+        x = _lane_bits(d ^ ((1 << 64 * n) - 1), n)
+        if ms is not None:
+            x &= _lane_bits(d ^ int.from_bytes(ms[i:i + 8 * n], "little"), n)
+        out += x.to_bytes(8 * n, "little")[::8]
     return bytes(out)
 
 
@@ -262,7 +271,7 @@ class PageTable(MutableMapping[int, int]):
     """An image's map dst pfn -> src pfn (see the module docstring).
 
     Accessible attributes, for the allocator: ``ldst``, ``lsrc`` (the log,
-    u64 arrays; a deleted entry's pair becomes ``DEAD, DEAD``), ``idx`` (per
+    u64 arrays; a deleted entry's destination becomes ``DEAD``), ``idx`` (per
     pfn below ``npfn``: log index + 1 of the live entry it is in, as the
     destination or as the source -- never both but in place --, 0: none),
     ``key`` (per pfn below ``npfn``: 1 when it is a destination, i.e. a key;
@@ -326,7 +335,7 @@ class PageTable(MutableMapping[int, int]):
         """Per log entry, 1 when it is live; None when all are."""
         if self.n == len(self.ldst):
             return None
-        return bytes(map(ne, self.ldst, repeat(DEAD)))
+        return _moved(self.ldst, None)
 
     # --- the mapping -------------------------------------------------------------------
 
@@ -385,7 +394,7 @@ class PageTable(MutableMapping[int, int]):
             self.idx[src] = 0
             self.moved -= 1
         self._set_dst(dst, 0)
-        self.ldst[i - 1] = self.lsrc[i - 1] = DEAD
+        self.ldst[i - 1] = DEAD
         self.n -= 1
         self._version += 1
 
@@ -446,7 +455,7 @@ class PageTable(MutableMapping[int, int]):
         c = self._cache
         if c is None or c[0] != self._version:
             ldst, lsrc = self.ldst, self.lsrc
-            mask = _differ(ldst, lsrc)  # dead entries are DEAD -> DEAD
+            mask = _moved(ldst, lsrc)
             c = self._cache = (self._version, array("Q", compress(ldst, mask)),
                                array("Q", compress(lsrc, mask)))
         return c[1], c[2]
