@@ -106,6 +106,7 @@ class ModelBackend:
         self.copy_contents = copy_contents
         self._config = config
         self._cap = cap_sys_boot
+        self._paths: dict[str, str] = {}
         self.store = StateDir(state_path or default_state_path(root)) if persist else None
         self._k: ModelKernel | None = None
         self._writable = False
@@ -256,14 +257,29 @@ class ModelBackend:
             reasons.append("the model was told this process lacks CAP_SYS_BOOT")
         disabled: bool | None = False
         if self.root != _SLASH:
-            root_cap = has_cap_sys_boot(procfs.read_text(self.root, "proc/self/status"))
+            root_cap = has_cap_sys_boot(self._root_text("proc/self/status"))
             if root_cap is False:
                 cap = False
                 reasons.append(f"{self.root / 'proc/self/status'}: CapEff lacks CAP_SYS_BOOT")
-            disabled = procfs.kexec_load_disabled(self.root)
+            text = self._root_text("proc/sys/kernel/kexec_load_disabled")
+            disabled = None if text is None else procfs.parse_bool01(text)
             if disabled:
                 reasons.append(f"{self.root / 'proc/sys/kernel/kexec_load_disabled'} is 1")
         return (bool(cap) and not disabled), cap, disabled, reasons
+
+    def _root_text(self, rel: str) -> str | None:
+        """``procfs.read_text(self.root, rel)``, read again at every call (as
+        the kernel checks at every call) without building the path again."""
+        path = self._paths.get(rel)
+        if path is None:
+            path = self._paths[rel] = str(self.root / rel)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError:
+            return procfs.read_text(self.root, rel)  # its error (or the text, this time)
 
     def _check_perm(self, call: CallText) -> None:
         ok, _, _, reasons = self._perm()
