@@ -5,8 +5,9 @@
 #  2. kexec-py's executor with a KS_mid the kernel refuses: nothing stays
 #     loaded.  'kexec-py resume --staged=always' of a 60-PT_LOAD core: four
 #     calls or more; the map parses.
-#  1. 'kexec-py load --staged=always' of the kernel + initrd; the map, then
-#     'kexec-py exec' into it: its /init prints the marker.
+#  1. 'kexec-py load --staged=always --segments-per-call 1' of the kernel +
+#     initrd (KS_start, two KS_mid, KS_final); the map, then 'kexec-py exec'
+#     into it: its /init prints the marker.
 K="/usr/bin/python3 /patched/kstage.py"
 m=$(param kexec_py.marker)
 args="console=ttyS0 panic=-1 KEXEC_PY_MARKER=$m"
@@ -31,8 +32,8 @@ step kpy-resume-pgmap $K pgmap
 step kpy-resume-unload kexec-py unload
 rm -f /tmp/kernel.core /tmp/kernel.core.entry
 
-step kpy-load kexec-py --json load --staged=always /boot/vmlinuz --initrd /boot/stage2.cpio.gz \
-    --append "$args"
+step kpy-load kexec-py --json load --staged=always --segments-per-call 1 /boot/vmlinuz \
+    --initrd /boot/stage2.cpio.gz --append "$args"
 step kpy-loaded cat /sys/kernel/kexec_loaded
 step kpy-pgmap-raw kexec-py pgmap --raw
 step kpy-pgmap-json kexec-py --json pgmap
