@@ -114,9 +114,8 @@ class KernelErr(Exception):
         self.why = why
 
 
-#: destinations for the allocator: (pfns, their PageTable.idx entries or map
-#: positions, data, first, bufsz); see ModelKernel._alloc
-Run = tuple[Iterable[int], Iterable[int], "memoryview | None", int, int]
+#: destinations for the allocator: (pfns, data, first, bufsz); see ModelKernel._alloc
+Run = tuple[Iterable[int], "memoryview | None", int, int]
 
 
 def _q(values: Any = ()) -> array[int]:
@@ -433,6 +432,8 @@ class ModelKernel:
 
     def check_segments(self, segs: Sequence[Segment], crash: bool) -> None:
         """``sanity_check_segment_list()`` of 6.1, in its order."""
+        if not crash and self._segments_fine(segs):
+            return
         for s in segs:
             mem, memsz = s.mem, s.memsz
             if mem < 0 or memsz < 0 or mem + memsz > U64_MAX:
@@ -474,6 +475,30 @@ class ModelKernel:
                     raise KernelErr(errno.EADDRNOTAVAIL,
                                     f"crash segment {s.describe()} is outside it: {where}")
 
+    def _segments_fine(self, segs: Sequence[Segment]) -> bool:
+        """Whether :meth:`check_segments` finds nothing wrong (crash
+        segments aside), in one pass; if not, it finds what."""
+        total = 0
+        spans: list[tuple[int, int]] = []
+        for s in segs:
+            mem, memsz, bufsz = s.mem, s.memsz, s.bufsz
+            end = mem + memsz
+            if mem < 0 or memsz < 0 or (mem | end) & (PAGE_SIZE - 1) or end >= DEST_LIMIT \
+                    or not 0 <= bufsz <= memsz:
+                return False
+            total += memsz
+            spans.append((mem, end))
+        # (a segment of more than half of RAM is more than half in all)
+        if total >> PAGE_SHIFT > self.pool.n // 2:
+            return False
+        last = -1
+        for a, b in sorted(spans):
+            if a < last:
+                return False
+            if b > last:
+                last = b
+        return True
+
     @staticmethod
     def _check_overlap(segs: Sequence[Segment]) -> None:
         for i, a in enumerate(segs):
@@ -487,70 +512,42 @@ class ModelKernel:
     def _load_call(self, img: Image, segs: Sequence[Segment], fix: bool) -> None:
         """Record the call's segments, re-home earlier source pages they
         target, and load them page by page."""
-        call = img.calls
-        for s in segs:
-            img.seg_mem.append(s.mem)
-            img.seg_memsz.append(s.memsz)
-            img.seg_bufsz.append(s.bufsz)
-            img.seg_call.append(call)
-        ranges = sorted((s.mem >> PAGE_SHIFT, (s.mem + s.memsz) >> PAGE_SHIFT)
-                        for s in segs if s.memsz)
+        mems = [s.mem for s in segs]
+        sizes = [s.memsz for s in segs]
+        bufszs = [s.bufsz for s in segs]
+        img.seg_mem.extend(mems)
+        img.seg_memsz.extend(sizes)
+        img.seg_bufsz.extend(bufszs)
+        img.seg_call.extend(repeat(img.calls, len(segs)))
+        firsts = [m >> PAGE_SHIFT for m in mems]
+        ends = [(m + z) >> PAGE_SHIFT for m, z in zip(mems, sizes, strict=True)]
+        ranges = sorted(r for r in zip(firsts, ends, strict=True) if r[0] < r[1])
         self._new_starts = [a for a, _ in ranges]
         self._new_ends = [b for _, b in ranges]
         self._call_segs = [(a, b - a) for a, b in ranges]
         try:
             if fix and img.map.moved:
                 self._fix_old_pages(img)
-            runs: list[Run] = []  # contents copied: a run per segment
-            firsts: list[int] = []  # else the pages of all segments
-            ends: list[int] = []
-            for s in segs:
-                bufsz, buf = s.bufsz, s.buf
-                if bufsz and (buf is None or len(buf) < bufsz):
-                    # the pages of the segments before are loaded first, as in the seed
-                    self._alloc(img, runs if self.copy else self._page_runs(img.map, firsts,
-                                                                              ends))
-                    have = "no buffer" if buf is None else f"a buffer of {len(buf)} bytes"
-                    raise KernelErr(errno.EFAULT, f"segment {s.describe()} has {have} for "
-                                                  f"bufsz {bufsz:#x}")
-                first = s.mem >> PAGE_SHIFT
-                if self.copy:
-                    data = memoryview(buf).cast("B") if bufsz and buf is not None \
-                        else memoryview(b"")
-                    runs += self._runs(img.map, first, s.memsz >> PAGE_SHIFT, data, bufsz)
-                else:
-                    firsts.append(first)
-                    ends.append(first + (s.memsz >> PAGE_SHIFT))
-            self._alloc(img, runs if self.copy else self._page_runs(img.map, firsts, ends))
+            # a segment without its buffer: the segments before it are loaded
+            # first, as in the seed
+            bad = [j for j, s in enumerate(segs)
+                   if s.bufsz and (s.buf is None or len(s.buf) < s.bufsz)]
+            n = bad[0] if bad else len(segs)
+            runs: list[Run]
+            if self.copy:
+                runs = [(range(f, e), memoryview(s.buf).cast("B") if s.bufsz and s.buf is not None
+                         else memoryview(b""), f, s.bufsz)
+                        for f, e, s in zip(firsts[:n], ends[:n], segs[:n], strict=True)]
+            else:  # nothing per segment: their pages as one run
+                runs = [(chain.from_iterable(map(range, firsts[:n], ends[:n])), None, 0, 0)]
+            self._alloc(img, runs)
+            if bad:
+                s = segs[n]
+                have = "no buffer" if s.buf is None else f"a buffer of {len(s.buf)} bytes"
+                raise KernelErr(errno.EFAULT, f"segment {s.describe()} has {have} for bufsz "
+                                              f"{s.bufsz:#x}")
         finally:
             self._new_starts, self._new_ends, self._call_segs = [], [], []
-
-    def _page_runs(self, m: PageTable, firsts: list[int], ends: list[int]) -> list[Run]:
-        """The pages ``[firsts[i], ends[i])`` of every segment, in order, as
-        one run for :meth:`_alloc` (no contents to copy)."""
-        if not firsts:
-            return []
-        if max(ends) > self.npfn:  # pages above the machine's end: run by run
-            runs = [r for f, e in zip(firsts, ends, strict=True)
-                    for r in self._runs(m, f, e - f, None, 0)]
-            return [(chain.from_iterable(r[0] for r in runs),
-                     chain.from_iterable(r[1] for r in runs), None, 0, 0)]
-        return [(chain.from_iterable(map(range, firsts, ends)),
-                 chain.from_iterable(map(m.idx.__getitem__, map(slice, firsts, ends))),
-                 None, 0, 0)]
-
-    def _runs(self, m: PageTable, first: int, n: int, data: memoryview | None,
-              bufsz: int) -> list[Run]:
-        """The destinations ``[first, first + n)`` as runs for :meth:`_alloc`."""
-        end = first + n
-        mid = max(first, min(end, self.npfn))
-        runs: list[Run] = []
-        if first < mid:  # below the machine's end: their live index
-            runs.append((range(first, mid), m.idx[first:mid], data, first, bufsz))
-        if mid < end:
-            dests = range(mid, end)
-            runs.append((dests, map(m.pos_of, dests), data, first, bufsz))
-        return runs
 
     def _is_new_dest(self, pfn: int) -> bool:
         """Whether ``pfn`` is a destination of the current call."""
@@ -562,23 +559,22 @@ class ModelKernel:
         its content moves to a newly allocated page for its destination,
         and the page stays, reserved in place for this call."""
         m = img.map
-        total = sum(n for _, n in self._call_segs)
-        if m.moved < total:
+        starts, ends = self._new_starts, self._new_ends
+        if m.moved < sum(ends) - sum(starts):
             cands = [p for p in m.rev if self._is_new_dest(p)]
         else:  # the call's pages in the index: sources (and destinations, skipped)
-            idx, npfn = m.idx, m.npfn
-            cands = []
-            for a, n in self._call_segs:
-                e = min(a + n, npfn)
-                if a < e:
-                    cands.extend(compress(range(a, e), idx[a:e]))
-        self._alloc(img, [(cands, repeat(0), None, 0, 0)], rehome=True)
+            if ends[-1] > m.npfn:
+                starts = [min(a, m.npfn) for a in starts]
+                ends = [min(e, m.npfn) for e in ends]
+            cands = list(chain.from_iterable(map(compress, map(range, starts, ends),
+                                                 map(m.idx.__getitem__,
+                                                     map(slice, starts, ends)))))
+        self._alloc(img, [(cands, None, 0, 0)], rehome=True)
 
     def _alloc_page(self, img: Image, dest: int) -> int:
         """``kimage_alloc_page``: the page that will hold destination pfn
         ``dest`` until execution (-1: a page that is nobody's destination)."""
-        return self._alloc(img, self._runs(img.map, dest, 1, None, 0) if dest >= 0 else
-                           [((-1,), (0,), None, 0, 0)])
+        return self._alloc(img, [((dest,), None, 0, 0)])
 
     def _alloc(self, img: Image, runs: Iterable[Run], rehome: bool = False) -> int:
         """The seed's ``kimage_alloc_page`` for each destination of ``runs``
@@ -592,8 +588,7 @@ class ModelKernel:
         call not loaded yet (reserved in place, try again), else the source
         page of the destination.
 
-        A run is (destinations, their index -- a live view, ``PageTable.idx``
-        sliced, or ``pos_of`` mapped --, data, first, bufsz): with ``data``
+        A run is (destinations, data, first, bufsz): with ``data``
         (contents are copied), destination ``d`` gets ``data[(d - first) *
         PAGE_SIZE:]`` up to ``bufsz``, zeros past it, right after its page is
         allocated (the next allocation may move it).  With ``rehome``, the
@@ -607,7 +602,7 @@ class ModelKernel:
         directly; their counters are brought up to date at the end, also
         on error."""
         m = img.map
-        idx, key, ldst, lsrc = m.idx, m.key, m.ldst, m.lsrc
+        idx, key, ldst, lsrc, far = m.idx, m.key, m.ldst, m.lsrc, m.far
         npfn = self.npfn
         lvl = self.level
         owner = lvl.owner
@@ -627,8 +622,8 @@ class ModelKernel:
         p = x = dest = -1
         rehoming = False  # a destination's entry is gone, its new one not yet there
         try:
-            for dests, ipos, data, first, bufsz in runs:
-                for x, i in zip(dests, ipos, strict=False):
+            for dests, data, first, bufsz in runs:
+                for x in dests:
                     if rehome:
                         i = idx[x]
                         if not i or key[x]:
@@ -643,6 +638,7 @@ class ModelKernel:
                         rehoming = True
                     else:
                         dest = x
+                        i = idx[dest] if 0 <= dest < npfn else far.get(dest, 0)
                         if i and ldst[i - 1] == dest:  # placed: a later stage writes it again
                             p = lsrc[i - 1]
                             if data is not None:
