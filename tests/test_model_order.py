@@ -56,6 +56,23 @@ def test_batched_order_is_the_one_step_order(nruns: int, size: int) -> None:
         assert got == want
 
 
+@pytest.mark.parametrize("n", [2**13 - 3, 2**13, 2**12 + 1, 2**14 - 1])
+def test_batches_that_skip_few_or_many_steps(n: int) -> None:
+    """Indexes >= n are skipped: a few per batch (n just below a power of
+    two) or up to half of them (just above)."""
+    pool = Pool([(0x100, 0x100 + n // 3), (0x200 + n, 0x200 + n + n - n // 3)])
+    want = one_step_order(pool, n, 3 * n)
+    o = PageOrder(pool, n)
+    got = []
+    for i in range(3 * n):
+        got.append((o.next(), o.x))
+        if i % 997 == 0:
+            x = o.x
+            o = PageOrder(pool, n)
+            o.x = x
+    assert got == want
+
+
 def test_order_of_a_pool_too_big_for_packed_lanes() -> None:
     pool = Pool([(0x100, 0x100 + (1 << 31) + 5)])  # k = 32: computed step by step
     want = one_step_order(pool, 7, 3000)

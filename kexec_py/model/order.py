@@ -30,7 +30,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from functools import partial
 from itertools import compress
-from operator import add, length_hint, lt
+from operator import add, length_hint, lt, not_
 
 #: lanes in the largest batch (the first batches are smaller)
 BATCH_MAX = 8192
@@ -118,7 +118,7 @@ class PageOrder:
         self.it: Iterator[int] = iter(self.buf)
         self._x0 = rnd.getrandbits(k) if x is None else x & mask  # state before buf
         self._xs: array[int] = array("Q")  # state at each step of the batch
-        self._raw: list[int] | None = None  # step of each buf entry (None: i -> i)
+        self._skipped: list[int] = []  # the steps of the batch not in buf (index >= n)
         self._size = BATCH_MIN
         self._tables: dict[int, tuple[int, int, int]] = {}
 
@@ -134,12 +134,17 @@ class PageOrder:
         pos = self.pos
         if pos == 0:
             return self._x0
-        return self._xs[pos - 1 if self._raw is None else self._raw[pos - 1]]
+        step = pos - 1
+        for skipped in self._skipped:
+            if skipped > step:
+                break
+            step += 1
+        return self._xs[step]
 
     @x.setter
     def x(self, value: int) -> None:
         self._x0 = value & self.mask
-        self.buf, self._raw, self._xs = [], None, array("Q")
+        self.buf, self._skipped, self._xs = [], [], array("Q")
         self.it = iter(self.buf)
 
     # --- one step at a time (the definition) ----------------------------------------------
@@ -174,11 +179,19 @@ class PageOrder:
             else:
                 xs, pfns, sel = self._batch_steps(x0, lanes)
             self._x0, self._xs = x0, xs
-            if sel is None:
-                self.buf, self._raw = pfns, None
-            else:
-                self.buf = list(compress(pfns, sel))
-                self._raw = list(compress(range(lanes), sel))
+            skipped: list[int] = []
+            if sel is not None:  # drop the steps past the pool
+                j = sel.find(0)
+                while 0 <= j and len(skipped) < lanes // 16:
+                    skipped.append(j)
+                    j = sel.find(0, j + 1)
+                if j < 0:
+                    for j in reversed(skipped):
+                        del pfns[j]
+                else:  # many: filter
+                    pfns = list(compress(pfns, sel))
+                    skipped = list(compress(range(lanes), map(not_, sel)))
+            self.buf, self._skipped = pfns, skipped
             self.it = iter(self.buf)
             if self.buf:
                 return
