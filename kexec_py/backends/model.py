@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -274,12 +275,18 @@ class ModelBackend:
         if path is None:
             path = self._paths[rel] = str(self.root / rel)
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                return f.read()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError:
-            return procfs.read_text(self.root, rel)  # its error (or the text, this time)
+            fd = -1
+        if fd >= 0:
+            try:
+                with open(fd, encoding="utf-8", errors="replace") as f:
+                    return f.read()
+            except OSError:
+                pass
+        return procfs.read_text(self.root, rel)  # its error (or the text, this time)
 
     def _check_perm(self, call: CallText) -> None:
         ok, _, _, reasons = self._perm()
