@@ -5,6 +5,8 @@ The ``model`` backend (:mod:`kexec_py.backends.model`) is built from:
 - :mod:`.config`: the modelled machine (memory map, allocator seed, limits);
 - :mod:`.physmem`: physical memory, a sparse file (pread/pwrite);
 - :mod:`.order`: the seeded order in which free pages are handed out;
+- :mod:`.tables`: the per-page tables (who holds each page; an image's
+  dst -> src map and its reverse), a byte or a word per page;
 - :mod:`.kernel`: the kexec core of the patched kernel -- the stage state
   machine, the segment rules, the page allocator of the seed (in place,
   swap, re-homing, unusable pages), the dst -> src page map, the
