@@ -39,6 +39,40 @@ def _trace_result(rc: int, err: int) -> None:
         trace(f"  = -1 {errno.errorcode.get(err, str(err))} ({os.strerror(err)})")
 
 
+def trace_kexec_load(entry: int, segments: Sequence[Segment], flags: int) -> None:
+    """The -vv lines of a kexec_load call (before it is made); every
+    backend that takes the call prints the same."""
+    if trace is None:
+        return
+    trace(f"kexec_load(entry={entry:#x}, nr_segments={len(segments)}, flags={flags:#x})")
+    for i, seg in enumerate(segments):
+        trace(f"  segment[{i}]: mem={seg.mem:#x} memsz={seg.memsz:#x} bufsz={seg.bufsz:#x}"
+              + (f" ({seg.name})" if seg.name else ""))
+
+
+def trace_kexec_file_load(kernel_fd: int, initrd_fd: int, cmdline: bytes | None,
+                          flags: int) -> None:
+    if trace is None:
+        return
+    clen = 0 if cmdline is None else len(cmdline) + 1
+    shown = "NULL" if cmdline is None else repr(cmdline.decode(errors="replace"))
+    trace(f"kexec_file_load(kernel_fd={kernel_fd}, initrd_fd={initrd_fd}, "
+          f"cmdline_len={clen}, cmdline={shown}, flags={flags:#x})")
+
+
+REBOOT_TRACE = "reboot(LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_KEXEC, NULL)"
+
+
+def trace_reboot() -> None:
+    if trace is not None:
+        trace(REBOOT_TRACE)
+
+
+def trace_error(e: SyscallError | None) -> None:
+    """The result line of a traced call made by a backend that raises."""
+    _trace_result(0 if e is None else -1, 0 if e is None else e.errno)
+
+
 def _load() -> tuple[Any, Any]:
     global _lib, _ffi
     if _lib is None:
@@ -103,11 +137,7 @@ def kexec_load(entry: int, segments: Sequence[Segment], flags: int,
         arr[i].bufsz = seg.bufsz
         arr[i].mem = seg.mem
         arr[i].memsz = seg.memsz
-    if trace is not None:
-        trace(f"kexec_load(entry={entry:#x}, nr_segments={len(segments)}, flags={flags:#x})")
-        for i, seg in enumerate(segments):
-            trace(f"  segment[{i}]: mem={seg.mem:#x} memsz={seg.memsz:#x} bufsz={seg.bufsz:#x}"
-                  + (f" ({seg.name})" if seg.name else ""))
+    trace_kexec_load(entry, segments, flags)
     ffi.errno = 0
     rc = lib.syscall(
         ffi.cast("long", a.kexec_load),
@@ -140,10 +170,7 @@ def kexec_file_load(kernel_fd: int, initrd_fd: int, cmdline: bytes | None, flags
     else:
         cbuf = ffi.new("char[]", cmdline)  # NUL-terminated
         clen = len(cmdline) + 1
-    if trace is not None:
-        shown = "NULL" if cmdline is None else repr(cmdline.decode(errors="replace"))
-        trace(f"kexec_file_load(kernel_fd={kernel_fd}, initrd_fd={initrd_fd}, "
-              f"cmdline_len={clen}, cmdline={shown}, flags={flags:#x})")
+    trace_kexec_file_load(kernel_fd, initrd_fd, cmdline, flags)
     ffi.errno = 0
     rc = lib.syscall(
         ffi.cast("long", a.kexec_file_load),
@@ -166,8 +193,7 @@ def reboot_kexec(arch: abi.ArchABI | None = None) -> None:
     a preserve-context image jumped back."""
     a = arch or abi.host_abi()
     ffi, lib = _load()
-    if trace is not None:
-        trace("reboot(LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_KEXEC, NULL)")
+    trace_reboot()
     ffi.errno = 0
     rc = lib.syscall(
         ffi.cast("long", a.reboot),

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from kexec_py import abi, procfs
+from kexec_py import abi, procfs, syscall
 from kexec_py.backends import Status, has_cap_sys_boot
 from kexec_py.errors import KexecError, SyscallError, UnsupportedError
 from kexec_py.model.config import ModelConfig, config_for_root
@@ -298,6 +298,15 @@ class ModelBackend:
     def kexec_load(self, entry: int, segments: Sequence[Segment], flags: int) -> None:
         if flags & abi.KEXEC_ARCH_MASK == 0:
             flags |= abi.KEXEC_ARCH_X86_64
+        syscall.trace_kexec_load(entry, segments, flags)
+        try:
+            self._kexec_load(entry, segments, flags)
+        except SyscallError as e:
+            syscall.trace_error(e)
+            raise
+        syscall.trace_error(None)
+
+    def _kexec_load(self, entry: int, segments: Sequence[Segment], flags: int) -> None:
 
         def call() -> str:
             return _load_text(entry, segments, flags)
@@ -330,6 +339,16 @@ class ModelBackend:
 
     def kexec_file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes | None,
                         flags: int) -> None:
+        syscall.trace_kexec_file_load(kernel_fd, initrd_fd, cmdline, flags)
+        try:
+            self._kexec_file_load(kernel_fd, initrd_fd, cmdline, flags)
+        except SyscallError as e:
+            syscall.trace_error(e)
+            raise
+        syscall.trace_error(None)
+
+    def _kexec_file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes | None,
+                         flags: int) -> None:
         clen = 0 if cmdline is None else len(cmdline) + 1
         shown = "NULL" if cmdline is None else repr(cmdline.decode(errors="replace"))
         call = (f"kexec_file_load(kernel_fd={kernel_fd}, initrd_fd={initrd_fd}, "
@@ -382,6 +401,16 @@ class ModelBackend:
         self._reboot(jump_back=False)
 
     def _reboot(self, jump_back: bool) -> JumpRecord:
+        syscall.trace_reboot()
+        try:
+            rec = self._do_reboot(jump_back)
+        except SyscallError as e:
+            syscall.trace_error(e)
+            raise
+        syscall.trace_error(None)
+        return rec
+
+    def _do_reboot(self, jump_back: bool) -> JumpRecord:
         self._check_perm(REBOOT_CALL)
         kw = self._kernel(write=True, call=REBOOT_CALL)
         self._mark("exec")
