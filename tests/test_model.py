@@ -282,6 +282,15 @@ def test_staged_loads_lift_the_half_of_ram_limit() -> None:
     assert len(b.image("kexec").map) == half + half // 2  # type: ignore[union-attr]
 
 
+def test_preserve_context_must_not_change_between_stages() -> None:
+    b = ModelBackend(NOWHERE, persist=False)
+    b.kexec_load(0, [seg(0x100000, b"x")], stage_flags(Stage.START) | abi.KEXEC_PRESERVE_CONTEXT)
+    with pytest.raises(SyscallError, match="EINVAL") as exc:
+        b.kexec_load(0, [seg(0x200000, b"y")], stage_flags(Stage.FINAL))
+    assert "KEXEC_PRESERVE_CONTEXT differs" in exc.value.hint
+    assert b.status().staging is None and b.status().loaded is False  # the load was dropped
+
+
 def test_stage_order_messages() -> None:
     b = ModelBackend(NOWHERE, persist=False)
     s = [seg(0x100000, b"x")]
@@ -292,9 +301,14 @@ def test_stage_order_messages() -> None:
     with pytest.raises(SyscallError) as exc:
         b.kexec_load(0, s, stage_flags(Stage.FINAL))
     assert "loaded with KS_full" in exc.value.hint and b.status().loaded is True
+    old = b.image("kexec")
     b.kexec_load(0, s, stage_flags(Stage.START))
-    assert b.status().loaded is False  # KS_start replaced the image
+    # as in kernel/patches 0003: the image loaded before stays loaded and
+    # executable until KS_final replaces it; the staged load is kept apart
+    st = b.status()
+    assert st.loaded is True and st.staging is not None and b.image("kexec") is old
     b.kexec_load(0, [], stage_flags(Stage.FINAL))  # KS_final with no segments finishes
+    assert b.image("kexec") is not old and b.status().staging is None
     with pytest.raises(SyscallError) as exc:
         b.kexec_load(0, s, stage_flags(Stage.MID))
     assert "finished by KS_final" in exc.value.hint

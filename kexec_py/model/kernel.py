@@ -364,6 +364,10 @@ class ModelKernel:
                 why = "no staged load is in progress"
             raise KernelErr(errno.EINVAL, f"{STAGE_NAME[stage]}: {why}; the next call must be "
                                           "KS_start or KS_full")
+        if stage in (Stage.MID, Stage.FINAL) and lvl.staging is not None \
+                and lvl.staging.preserve_context != preserve:
+            raise KernelErr(errno.EINVAL, f"{STAGE_NAME[stage]}: KEXEC_PRESERVE_CONTEXT differs "
+                                          "from the staged load's KS_start")
         if not segs:
             self._no_segments(stage, crash, preserve)
             return
@@ -414,9 +418,11 @@ class ModelKernel:
             old, old_staging = lvl.kexec, lvl.staging
             if stage == Stage.FULL:
                 lvl.kexec, lvl.staging = img, None
+                self._free_image(old)
             else:
-                lvl.kexec, lvl.staging = None, img
-            self._free_image(old)
+                # the image loaded before stays loaded (and executable) until
+                # KS_final replaces it, as in kernel/patches 0003
+                lvl.staging = img
             self._free_image(old_staging)
         elif stage == Stage.FINAL:
             old = lvl.kexec
