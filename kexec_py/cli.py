@@ -426,9 +426,9 @@ def pgmap(c: Ctx, raw: bool, limit: int) -> None:
     that holds its content until exec.  The table and --json group the map
     into runs (destination and source both consecutive) and count them;
     --raw prints the kernel's text.  Entries come in the kernel's order
-    (hash order on a patched kernel, insertion order in the model); do not
-    depend on it.  Needs a kernel with the multi-stage load patch (or
-    --backend model).
+    (the 2008 patch's hash order; sorted by destination with kernel/'s
+    series; insertion order in the model); do not depend on it.  Needs a
+    kernel with the multi-stage load patch (or --backend model).
     """
     pm = c.backend().pgmap()
     if raw:

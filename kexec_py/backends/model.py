@@ -487,7 +487,8 @@ class ModelBackend:
     def pgmap(self) -> PageMap:
         """/proc/kexec_pgmap of the staged load in progress, else of the
         installed image.  The model's order is insertion order (the
-        kernel's is hash order): userspace must not depend on it."""
+        seed's is hash order, kernel/'s series sorts by destination): userspace
+        must not depend on it."""
         if self.flavour != "patched":
             raise UnsupportedError(
                 "this kernel has no /proc/kexec_pgmap: it does not speak the multi-stage "
