@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -706,12 +706,14 @@ def accel() -> str:
 
 
 def boot(name: str, kernel: Path, initrd: Path, cmdline: str, memory: int = 512,
-         smp: int = 1, timeout: int = DEFAULT_TIMEOUT) -> SerialLog:
+         smp: int = 1, timeout: int = DEFAULT_TIMEOUT,
+         qemu_args: Sequence[str] = ()) -> SerialLog:
     """Boot QEMU until the guest powers off, panics, or ``timeout`` seconds
-    pass; the serial console goes to .cache/logs/NAME.log with host times."""
+    pass; the serial console goes to .cache/logs/NAME.log with host times.
+    ``qemu_args`` are added to QEMU's command line (a -drive, say)."""
     cmd = ["timeout", "-k", "5", str(timeout), QEMU, "-accel", accel(), "-m", str(memory),
            "-smp", str(smp), "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-           "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]
+           "-kernel", str(kernel), "-initrd", str(initrd), *qemu_args, "-append", cmdline]
     logdir = CACHE / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     path = logdir / f"{name}.log"

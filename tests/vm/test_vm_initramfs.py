@@ -203,31 +203,9 @@ def make_disk(path: Path, image: Path) -> Path:
 
 def boot_with_disk(name: str, kernel: Path, initrd: Path, disk: Path, cmdline: str,
                    memory: int = 1024, timeout: int = 420) -> SerialLog:
-    """harness.boot with a virtio disk (the harness has no -drive)."""
-    cmd = ["timeout", "-k", "5", str(timeout), harness.QEMU, "-accel", harness.accel(),
-           "-m", str(memory), "-smp", "1", "-nographic", "-no-reboot", "-nodefaults",
-           "-serial", "stdio", "-kernel", str(kernel), "-initrd", str(initrd),
-           "-drive", f"file={disk},format=raw,if=virtio", "-append", cmdline]
-    logdir = CACHE / "logs"
-    logdir.mkdir(parents=True, exist_ok=True)
-    path = logdir / f"{name}.log"
-    lines: list[tuple[float, str]] = []
-    with open(path, "w") as logf:
-        logf.write(f"# {' '.join(cmd)}\n")
-        t0 = time.monotonic()
-        with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT) as proc:
-            assert proc.stdout is not None
-            for raw in iter(proc.stdout.readline, b""):
-                t = time.monotonic() - t0
-                line = raw.decode("utf-8", "replace").rstrip("\r\n").replace("\r", "")
-                lines.append((t, line))
-                logf.write(f"[{t:8.3f}] {line}\n")
-                logf.flush()
-            status = proc.wait()
-        duration = time.monotonic() - t0
-        logf.write(f"# qemu exit status {status} after {duration:.2f} s\n")
-    return harness.parse(SerialLog(name, path, lines, status, duration, "", cmd))
+    """harness.boot with the virtio disk that holds the image."""
+    return harness.boot(name, kernel, initrd, cmdline, memory=memory, timeout=timeout,
+                        qemu_args=["-drive", f"file={disk},format=raw,if=virtio"])
 
 
 @pytest.fixture(scope="module")
