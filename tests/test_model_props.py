@@ -184,7 +184,8 @@ class Ref:
         if stage == Stage.FULL:
             self.installed, self.staging = True, False
         elif stage == Stage.START:
-            self.installed, self.staging = False, True
+            # the image loaded before stays installed until KS_final
+            self.staging = True
         elif stage == Stage.FINAL:
             self.installed, self.staging = True, False
         return 0
