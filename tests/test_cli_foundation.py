@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fakeroot import QEMU_MEMMAP, make_root
+from importcheck import heavy_modules_after
 
 from kexec_py import __version__
 from kexec_py.cli import cli
@@ -37,14 +38,7 @@ def test_version_without_click() -> None:
 
 
 def test_status_imports_no_rich_no_pyelftools_no_cffi_module(fake_root: Path) -> None:
-    code = ("import sys\nfrom kexec_py.main import main\n"
-            f"try:\n    main(['--backend', 'linux', '--root', {str(fake_root)!r}, 'status'])\n"
-            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "print(sorted(m for m in ('rich', 'elftools', 'cffi', 'pycparser') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=REPO, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    assert heavy_modules_after(["--backend", "linux", "--root", str(fake_root), "status"]) == []
 
 
 def test_status_text_and_json(fake_root: Path) -> None:

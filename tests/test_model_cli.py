@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from importcheck import heavy_modules_after
 from kernelgen import make_bzimage
 
 from kexec_py import procfs
@@ -168,11 +169,5 @@ def test_separate_processes_and_exit_codes(tmp_path: Path, bz: Path) -> None:
 
 
 def test_model_status_imports_no_rich_no_pyelftools_no_cffi(tmp_path: Path) -> None:
-    code = ("import sys\nfrom kexec_py.main import main\n"
-            f"try:\n    main(['--backend', 'model', '--model-state', {str(tmp_path / 's')!r},"
-            " 'status'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "print(sorted(m for m in ('rich', 'elftools', 'cffi', 'pycparser') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=REPO, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    assert heavy_modules_after(["--backend", "model", "--model-state", str(tmp_path / "s"),
+                                "status"]) == []
