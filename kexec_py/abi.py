@@ -3,7 +3,8 @@
 Values come from the kernel's uapi headers (``include/uapi/linux/kexec.h``,
 ``include/uapi/linux/reboot.h``, ``arch/*/entry/syscalls``) and, for the
 stage field, from the 2008 "kexec based hibernation" multi-stage load patch
-(``shared/seed``), which was never merged.
+(Huang Ying, posted to the kexec list in July 2008, never merged), as
+kernel/patches ports it to Linux 6.1; kernel/README.md states that ABI.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 A :class:`Plan` is a system call, an entry point and a list of calls; each
 :class:`Call` is one kexec_load (a stage of a staged load, or the one
 KS_full call) with its flags and at most 16 segments.  ``--dry-run
---json`` prints :meth:`Plan.to_json`, whose shape is a contract
-(shared/design/ARCHITECTURE.md)::
+--json`` prints :meth:`Plan.to_json`, whose shape is a contract (kexec-py(8),
+JSON OUTPUT)::
 
     {"syscall": "kexec_load", "entry": 1048576,
      "calls": [{"stage": "full", "flags": 4063232,

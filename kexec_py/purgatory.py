@@ -8,12 +8,12 @@ instructions with their encodings.  It does **not** verify a digest of the
 segments (kexec-tools' ``-i`` behaviour); the man page says so.
 
 What the kernel hands over (``identity_mapped`` in
-``arch/x86/kernel/relocate_kernel_64.S``, measured on 6.1, see
-shared/design/KERNEL.md): 64-bit long mode on an identity map of all RAM and
-every segment, interrupts off, every general register zero, GDTR and IDTR
-invalid, ``rsp`` in the control page.  With ``KEXEC_PRESERVE_CONTEXT`` the
-kernel enters with ``call`` instead of ``ret``, so ``(%rsp)`` holds the
-address to jump back to.
+``arch/x86/kernel/relocate_kernel_64.S`` of 6.1, and checked in QEMU by
+tests/vm/test_kexec_load.py, which boots kernels through this stub): 64-bit
+long mode on an identity map of all RAM and every segment, interrupts off,
+every general register zero, GDTR and IDTR invalid, ``rsp`` in the control
+page.  With ``KEXEC_PRESERVE_CONTEXT`` the kernel enters with ``call``
+instead of ``ret``, so ``(%rsp)`` holds the address to jump back to.
 
 What the 64-bit boot protocol wants (Documentation/arch/x86/boot.rst,
 "64-bit Boot Protocol"): long mode, a GDT with ``__BOOT_CS`` (0x10, 64-bit

@@ -283,7 +283,7 @@ def test_synth_header_for_vmlinux() -> None:
 
 def test_plan_places_like_kexec_tools_in_512m() -> None:
     """The layout kexec-tools 2.0.25 printed in a 512 MiB QEMU guest
-    (shared/design/KERNEL.md): kernel at 0x1c000000 with memsz init_size,
+    (recorded when this test was written): kernel at 0x1c000000 with memsz init_size,
     the initrd ending where the kernel starts, the setup block and the
     entry code at the top of RAM."""
     img = bz.parse(make_bzimage(init_size=0x3F98000), "k")

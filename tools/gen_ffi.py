@@ -2,7 +2,7 @@
 
 The generated module is committed: at run time it needs only
 ``_cffi_backend`` (no pycparser, no compiler), which keeps start-up near
-ctypes' cost (see shared/design/PERFORMANCE.md).  ``tests/test_syscall.py``
+ctypes' cost (bench/bench_startup.py measures start-up).  ``tests/test_syscall.py``
 checks that the committed file equals what this script generates.
 
 Usage: python tools/gen_ffi.py [OUTPUT]

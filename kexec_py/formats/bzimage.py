@@ -17,7 +17,8 @@ the e820 memory map, the command line pointer and the initrd, and enters
 top-down above 1 MiB, the initrd top-down above 16 MiB (anywhere: the
 64-bit protocol has ``ext_ramdisk_image``).
 
-Facts measured in QEMU (shared/design/KERNEL.md): the header is copied from
+Facts found in QEMU while writing this (tests/vm/test_kexec_load.py boots
+what it builds): the header is copied from
 0x1f1 up to ``0x202 + byte[0x201]``, never the 0x1ef sentinel; without
 ``kernel_alignment`` and ``init_size`` the decompressor faults; without the
 e820 table the kernel panics; with ``type_of_loader`` 0 it ignores the

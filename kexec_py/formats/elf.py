@@ -6,7 +6,8 @@ pyelftools reads and checks the ELF header (class, byte order, type,
 machine, ``e_phnum`` including the ``PN_XNUM`` escape through section 0).
 The program-header table is then decoded with one ``struct.iter_unpack``
 over the mapping: pyelftools' ``iter_segments()`` costs ~0.9 s for 100,000
-headers, the struct pass ~0.1 s (shared/design/PERFORMANCE.md).
+headers, the struct pass ~0.1 s (measured on a 2-core x86_64 machine;
+bench/bench_resume.py times a load of that size).
 
 Every ``PT_LOAD`` becomes a segment at its *physical* address ``p_paddr``:
 ``p_filesz`` bytes from the file, the rest of ``p_memsz`` zero.  kexec

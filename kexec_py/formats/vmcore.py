@@ -12,8 +12,8 @@ builds per-byte Python objects: the file is mmap'd once, the program-header
 table is decoded column by column with :mod:`array` (one C-level pass per
 field, no per-header ``struct.unpack``), and segment buffers are
 memoryview slices of the mmap.  pyelftools is not used here: its
-``iter_segments()`` takes ~0.9 s for 100,000 headers
-(shared/design/PERFORMANCE.md) where this takes a few tens of ms.
+``iter_segments()`` takes ~0.9 s for 100,000 headers where this takes a
+few tens of ms (bench/bench_resume.py).
 
 kexec-py's own note (name ``KEXEC_PY``), in the image's byte order:
 

@@ -1,6 +1,6 @@
 """QEMU harness of the kexec-py VM tests: build an initramfs, boot it, parse the log.
 
-What a boot looks like (facts in shared/design/VM-TESTING.md):
+What a boot looks like:
 
 * The first kernel (Debian's linux-image-amd64 unless a scenario gives
   another) boots under TCG with one initrd file made of concatenated
