@@ -13,8 +13,8 @@ true after it).
 Execution: :func:`execute` runs a plan on a :class:`Backend`, reads
 ``/proc/kexec_pgmap`` before KS_final when a parameter needs it, checks it
 against the plan, builds the parameter, and -- on any error, SIGINT or
-SIGTERM -- unloads the partial image before it re-raises, naming the call,
-its stage and the errno.
+SIGTERM -- abandons the staged load before it re-raises (the image loaded
+before stays loaded), naming the call, its stage and the errno.
 
 Stage bits are sent only to a kernel that says it speaks the protocol
 (``/proc/kexec_pgmap`` exists): on mainline 0x4 and 0x8 mean
@@ -208,7 +208,7 @@ def plan_load(segments: Sequence[Segment], entry: int, *, flags: int = 0,
         plan.calls.append(Call(Stage.FULL, flags | stage_flags(Stage.FULL), segs))
         return StagedPlan(plan, None, [])
     if parameter is None and len(segs) == 1:
-        # KS_start and KS_final each need a segment (a call with none unloads)
+        # KS_start and KS_final each need a segment (KS_start with none abandons)
         if segs[0].memsz < 2 * PAGE_SIZE:
             raise PlanError("a staged load needs at least two segments (KS_start and KS_final "
                             "each carry one), and this load is one page",
@@ -264,7 +264,8 @@ class Event:
 
     ``kind``: "call" (after call ``index`` of ``total``), "pgmap" (the map
     was read: ``entries``, ``moved``), "parameter" (built: ``size``),
-    "unload" (after an error)."""
+    "abandon" (after an error: ``reason``, ``loaded`` -- whether an image
+    loaded before is still loaded)."""
 
     kind: str
     index: int = 0
@@ -328,9 +329,10 @@ def execute(backend: Backend, sp: StagedPlan, *,
     moved pages), build the parameter, and check it fits its placeholder.
 
     On any failure after the first call was attempted -- a system call
-    error, a bad page map, SIGINT/SIGTERM -- a staged load is unloaded
-    before the error propagates; the error names the call, its stage and
-    (for a system call) the errno.
+    error, a bad page map, SIGINT/SIGTERM -- a staged load is abandoned
+    (:func:`abandon`: the image loaded before stays loaded) before the
+    error propagates; the error names the call, its stage and (for a
+    system call) the errno, and its hint says what is loaded now.
     """
     if validate is None:
         from kexec_py.backupmap import validate_pgmap
@@ -370,12 +372,14 @@ def execute(backend: Backend, sp: StagedPlan, *,
                            sum(s.memsz for s in segs), done, bytes_total))
             _check_pending(pending, "after the last call")
         except BaseException as exc:
-            if attempted and plan.staged:
-                _unload_after(backend, exc, emit)
+            err: BaseException = exc
             if isinstance(exc, KeyboardInterrupt):
-                raise Interrupted(signal.SIGINT, f"staged load interrupted (SIGINT) after "
-                                  f"{result.calls} of {total} calls",
-                                  "the partial image was unloaded") from None
+                err = Interrupted(signal.SIGINT, f"staged load interrupted (SIGINT) after "
+                                  f"{result.calls} of {total} calls")
+            if attempted and plan.staged:
+                _abandon_after(backend, err, emit)
+            if err is not exc:
+                raise err from None
             raise
     return result
 
@@ -407,15 +411,37 @@ def _check_pending(pending: list[int], when: str) -> None:
                           "run the load again")
 
 
-def _unload_after(backend: Backend, exc: BaseException, emit: Callable[[Event], None]) -> None:
-    """Unload after a failed staged load and say so in the error's hint."""
+def abandon(backend: Backend) -> None:
+    """Give up a staged load in progress and keep the image loaded before it.
+
+    ``KS_start`` with no segments (kernel/patches 0003): the kernel frees the
+    half-loaded image it keeps apart and leaves the installed one alone.  A
+    full unload (``KS_full`` with no segments) would throw that image away
+    too.  Harmless when no staged load is in progress -- the kernel already
+    dropped it if a call failed."""
+    backend.kexec_load(0, [], stage_flags(Stage.START))
+
+
+def _abandon_after(backend: Backend, exc: BaseException, emit: Callable[[Event], None]) -> None:
+    """Abandon a failed staged load and say in the error's hint what is
+    loaded now."""
     try:
-        backend.kexec_load(0, [], 0)
+        abandon(backend)
     except KexecError as e:
         if isinstance(exc, KexecError):
-            exc.hint = (f"{exc.hint}; " if exc.hint else "") + \
-                f"unloading the partial image failed too ({e.message}): run 'kexec-py unload'"
+            exc.hint = (f"{exc.hint}; " if exc.hint else "") + (
+                f"abandoning the staged load failed too ({e.message}); the kernel keeps the "
+                "half-loaded image apart and never executes it, and the next load replaces it")
         return
-    emit(Event("unload", data={"reason": str(exc) or type(exc).__name__}))
+    try:
+        loaded = backend.status().loaded
+    except KexecError:
+        loaded = None
+    now = {True: "the kernel loaded before it is still loaded",
+           False: "nothing is loaded",
+           None: "the kernel loaded before it, if any, is still loaded"}[loaded]
+    emit(Event("abandon", data={"reason": str(exc) or type(exc).__name__,
+                                "loaded": loaded}))
     if isinstance(exc, KexecError):
-        exc.hint = "the partial image was unloaded" + (f"; {exc.hint}" if exc.hint else "")
+        exc.hint = f"the staged load was abandoned; {now}" + (f"; {exc.hint}" if exc.hint
+                                                              else "")

@@ -176,8 +176,11 @@ class Ref:
             return {"misaligned": errno.EADDRNOTAVAIL, "efault": errno.EFAULT}.get(
                 kind, errno.EINVAL)
         if kind == "empty":
-            if stage in (Stage.FULL, Stage.START):
+            if stage == Stage.FULL:
                 self.installed = self.staging = False
+            elif stage == Stage.START:
+                # abandons the staged load; the image loaded before stays
+                self.staging = False
             elif stage == Stage.FINAL:
                 self.installed, self.staging = True, False
             return 0

@@ -213,13 +213,46 @@ def test_fault_at_every_call_of_a_resume(tmp_path: Path, capsys: pytest.CaptureF
     rc, out, err = cli(capsys, "resume", str(path))
     assert rc == 1
     assert f"error: call {at + 1} of 4 ({stages[at]})" in err and "ENOMEM" in err
-    assert "the partial image was unloaded" in err
+    assert "the staged load was abandoned; nothing is loaded" in err
     be = cli.backend()
     try:
         assert be.status().loaded is False
         assert be.image("staging") is None and be.image("kexec") is None
     finally:
         be.close()
+
+
+@pytest.mark.parametrize("at", range(4))
+def test_fault_in_a_resume_keeps_the_kernel_loaded_before(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        at: int) -> None:
+    cli = CLI(tmp_path)
+    reset(cli, capsys)
+    (tmp_path / "k").write_bytes(demo_kernel())
+    rc, out, err = cli(capsys, "load", "-c", str(tmp_path / "k"))
+    assert rc == 0, err
+    be = cli.backend()
+    try:
+        img = be.image("kexec")
+        assert img is not None
+        before = (img.id, img.entry, list(img.seg_mem))
+    finally:
+        be.close()
+    path, _ = image(tmp_path, 50)
+    _failing(monkeypatch, at, errno.ENOMEM)
+    rc, out, err = cli(capsys, "resume", str(path))
+    assert rc == 1 and "ENOMEM" in err
+    assert "the staged load was abandoned; the kernel loaded before it is still loaded" in err
+    monkeypatch.undo()
+    be = cli.backend()
+    try:
+        assert be.status().loaded is True and be.image("staging") is None
+        img = be.image("kexec")
+        assert img is not None and (img.id, img.entry, list(img.seg_mem)) == before
+    finally:
+        be.close()
+    rc, out, err = cli(capsys, "exec")
+    assert rc == 0 and "executed the image" in err, err
 
 
 @pytest.mark.parametrize("at", range(2))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from coregen import PT_LOAD, Core, Ph
 
-from kexec_py.abi import KEXEC_PRESERVE_CONTEXT, Stage, flags_stage
+from kexec_py.abi import KEXEC_PRESERVE_CONTEXT, Stage, flags_stage, stage_flags
 from kexec_py.backends import Status
 from kexec_py.errors import KexecError, PlanError, SyscallError, UnsupportedError
 from kexec_py.formats.vmcore import open_core
@@ -257,7 +257,10 @@ def test_golden_plans_with_parameter(n: int, tmp_path: Path) -> None:
 
 class Recorder:
     """A backend that records calls, fails on request, and invents a page
-    map (every loaded page moved to 0x40000000 + k pages)."""
+    map (every loaded page moved to 0x40000000 + k pages).  It keeps a
+    staged load apart from the installed image as kernel/patches 0003 does:
+    KS_final installs it, a failed staged call or KS_start with no segments
+    drops it, KS_full with no segments unloads both."""
 
     name = "recorder"
     root = Path("/")
@@ -266,23 +269,33 @@ class Recorder:
                  signal_at: int | None = None, supported: bool = True) -> None:
         self.calls: list[tuple[int, list[Segment], int]] = []
         self.fail_at, self.err, self.signal_at = fail_at, err, signal_at
-        self.loaded: list[Segment] = []
+        self.loaded: list[Segment] = []  # the staged load in progress, else the installed
+        self.installed: list[Segment] | None = None
+        self.staging = False
         self.pgmap_reads = 0
         self.supported = supported
 
     def kexec_load(self, entry: int, segments: Sequence[Segment], flags: int) -> None:
         i = len(self.calls)
+        stage = flags_stage(flags)
         self.calls.append((entry, list(segments), flags))
-        if not segments:
-            self.loaded = []
+        if not segments and stage in (Stage.FULL, Stage.START):
+            if stage == Stage.FULL:
+                self.installed = None
+            self.staging, self.loaded = False, list(self.installed or [])
             return
         if self.signal_at == i:
             os.kill(os.getpid(), signal.SIGTERM)
         if self.fail_at == i:
+            if stage != Stage.FULL:
+                self.staging, self.loaded = False, list(self.installed or [])
             raise SyscallError(f"kexec_load(entry={entry:#x}, flags={flags:#x})", self.err, "h")
-        if flags_stage(flags) in (Stage.START, Stage.FULL):
+        if stage in (Stage.START, Stage.FULL):
             self.loaded = []
         self.loaded.extend(segments)
+        self.staging = stage in (Stage.START, Stage.MID)
+        if not self.staging:
+            self.installed = list(self.loaded)
 
     def pgmap(self) -> PageMap:
         self.pgmap_reads += 1
@@ -295,7 +308,7 @@ class Recorder:
         return self.supported
 
     def status(self) -> Status:
-        return Status(self.name, loaded=bool(self.loaded))
+        return Status(self.name, loaded=self.installed is not None)
 
 
 def test_execute_runs_calls_with_entry_in_start_only() -> None:
@@ -323,9 +336,18 @@ def test_execute_full_call_passes_entry() -> None:
     assert be.pgmap_reads == 0
 
 
+ABANDON = (0, [], stage_flags(Stage.START))
+
+
+@pytest.mark.parametrize("before", [False, True])
 @pytest.mark.parametrize("k", range(5))
-def test_fault_at_every_call_unloads(k: int) -> None:
-    be = Recorder(fail_at=k)
+def test_fault_at_every_call_abandons_and_keeps_the_image_before(k: int, before: bool) -> None:
+    be = Recorder()
+    if before:
+        execute(be, plan_load(segs(2), 0x1234, supported=True))
+        assert be.installed is not None
+    old = be.installed
+    be.fail_at = len(be.calls) + k
     sp = plan_load(segs(50), 0x5000, supported=True, parameter=param())
     assert len(sp.plan.calls) == 5
     with pytest.raises(SyscallError) as ei:
@@ -334,52 +356,55 @@ def test_fault_at_every_call_unloads(k: int) -> None:
     stage = sp.plan.calls[k].stage.label
     assert e.errno == errno.ENOMEM
     assert f"call {k + 1} of 5 (KS_{stage})" in e.message and "ENOMEM" in e.message
-    assert "the partial image was unloaded" in e.hint
-    assert be.calls[-1] == (0, [], 0) and be.loaded == []
-    assert len(be.calls) == k + 2
+    assert "the staged load was abandoned" in e.hint
+    assert ("the kernel loaded before it is still loaded" if before else "nothing is loaded") \
+        in e.hint
+    assert be.calls[-1] == ABANDON and be.installed == old and not be.staging
+    assert (0, [], 0) not in be.calls  # never a full unload
 
 
-def test_bad_pgmap_unloads() -> None:
+def test_bad_pgmap_abandons() -> None:
     be = Recorder()
     be.pgmap = lambda: PageMap(array("Q", [0x1]), array("Q", [0x2]))  # type: ignore[method-assign]
     sp = plan_load(segs(20), 0, supported=True, parameter=param())
     with pytest.raises(KexecError, match=r"call 3 of 3 \(KS_final\).*destination pfn 0x1"):
         execute(be, sp)
-    assert be.calls[-1] == (0, [], 0)
+    assert be.calls[-1] == ABANDON
 
 
-def test_oversized_parameter_is_refused_and_unloads() -> None:
+def test_oversized_parameter_is_refused_and_abandons() -> None:
     be = Recorder()
     p = Parameter("elfcorehdr", 0x7000000, P, lambda pm: bytes(P + 1))
     with pytest.raises(PlanError, match="larger than its placeholder"):
         execute(be, plan_load(segs(3), 0, supported=True, parameter=p))
-    assert be.calls[-1] == (0, [], 0)
+    assert be.calls[-1] == ABANDON
 
 
-def test_sigterm_during_a_staged_load_unloads() -> None:
+def test_sigterm_during_a_staged_load_abandons() -> None:
     be = Recorder(signal_at=1)
     sp = plan_load(segs(50), 0, supported=True)
     with pytest.raises(Interrupted) as ei:
         execute(be, sp)
     assert ei.value.exit_code == 128 + signal.SIGTERM
     assert "SIGTERM" in ei.value.message and "before call 3 of 4 (KS_mid)" in ei.value.message
-    assert be.calls[-1] == (0, [], 0) and len(be.calls) == 3
+    assert be.calls[-1] == ABANDON and len(be.calls) == 3
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
-def test_unload_failure_is_reported() -> None:
+def test_abandon_failure_is_reported() -> None:
     be = Recorder(fail_at=1)
     real = be.kexec_load
 
     def load(entry: int, segments: Sequence[Segment], flags: int) -> None:
         if not segments:
-            raise SyscallError("kexec_load(unload)", errno.EBUSY)
+            raise SyscallError("kexec_load(abandon)", errno.EBUSY)
         real(entry, segments, flags)
 
     be.kexec_load = load  # type: ignore[method-assign]
     with pytest.raises(SyscallError) as ei:
         execute(be, plan_load(segs(20), 0, supported=True))
-    assert "unloading the partial image failed too" in ei.value.hint
+    assert "abandoning the staged load failed too" in ei.value.hint
+    assert "never executes it" in ei.value.hint
 
 
 # --- the load lock ------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The kexec core of the patched kernel, modelled page by page.
 
-This follows the seed patch (``shared/seed/kexec-multistage-load.patch.txt``,
-kernel/kexec.c of 2.6.25 plus the multi-stage load) on the 6.1 base that
-``shared/design/KERNEL.md`` describes, with the prototype's defects fixed:
+This follows the 2008 multi-stage load patch (kernel/kexec.c of 2.6.25 plus
+the stages) as kernel/patches ports it to Linux 6.1 (kernel/README.md states
+the ABI), with the prototype's defects fixed:
 
 - a staged load is kept apart from the installed image until KS_final:
   ``/sys/kernel/kexec_loaded`` and ``reboot(KEXEC)`` never see a half
@@ -21,8 +21,10 @@ kernel/kexec.c of 2.6.25 plus the multi-stage load) on the 6.1 base that
   by walking the table while the allocator deletes from it;
 - KS_final with no segments finishes the load (the seed made it a no-op).
 
-KS_start with no segments unloads (as in the seed), KS_mid with none does
-nothing.  An image preserves context if any of its calls set
+KS_start with no segments abandons the staged load in progress and leaves
+the loaded image alone (the seed unloaded both; kernel/patches 0003 makes
+it the way userspace gives up a staged load without losing the image
+loaded before), KS_mid with none does nothing.  An image preserves context if any of its calls set
 KEXEC_PRESERVE_CONTEXT (the seed only ever sets the bit).
 
 The page allocator (:meth:`ModelKernel._alloc_page`) is the seed's
@@ -399,10 +401,13 @@ class ModelKernel:
         if crash:
             self._free_image(lvl.crash)
             lvl.crash = None
-        elif stage in (Stage.FULL, Stage.START):
+        elif stage == Stage.FULL:
             self._free_image(lvl.kexec)
             self._free_image(lvl.staging)
             lvl.kexec = lvl.staging = None
+        elif stage == Stage.START:  # abandon the staged load, keep the loaded image
+            self._free_image(lvl.staging)
+            lvl.staging = None
         elif stage == Stage.FINAL:
             img = lvl.staging
             assert img is not None

@@ -7,8 +7,9 @@ kernel/build.sh (and on Debian's stock kernel for the refusal).
   call and with ``--staged=always``; ``kexec-py exec`` jumps there and
   back; the counter went up), scenario 2 (kexec-py's executor meets a
   KS_mid the kernel refuses: the error names the call and nothing stays
-  loaded; ``kexec-py resume --staged=always`` of a 60-PT_LOAD core makes
-  KS_start, two KS_mid, KS_final), scenario 1 (``kexec-py load
+  loaded; with the kernel of scenario 1 loaded, a refused KS_mid, SIGINT and
+  SIGTERM leave it loaded and bootable; ``kexec-py resume --staged=always``
+  of a 60-PT_LOAD core makes KS_start, two KS_mid, KS_final), scenario 1 (``kexec-py load
   --staged=always`` of the kernel + initrd, ``kexec-py pgmap``, ``kexec-py
   exec``: the marker);
 * ``patched_kpy_stages``: the kernel + initrd as a 60-PT_LOAD core loaded by
@@ -120,7 +121,26 @@ def test_kexec_py_failed_mid_leaves_nothing_loaded(kpy: tuple[SerialLog, str]) -
     log, _ = kpy
     res = checks(log, "kpy-failed-mid")
     require(res, *(f"kpy-failed-mid/{c}" for c in (
-        "refused", "names-the-call", "says-unloaded", "start-ran", "unloaded", "pgmap-enodev")))
+        "before", "refused", "names-the-call", "says-abandoned", "start-ran", "abandoned",
+        "loaded-as-before", "pgmap-enodev")))
+
+
+def test_kexec_py_failed_or_interrupted_staged_load_keeps_the_kernel_before(
+        kpy: tuple[SerialLog, str]) -> None:
+    """With the kernel + initrd loaded (scenario 1), a staged load the kernel
+    refuses, one interrupted by SIGINT and one by SIGTERM: the kernel stays
+    loaded, its page map still matches memory, and exec boots it (the marker)."""
+    log, marker = kpy
+    require(checks(log, "kpy-failed-kept"), *(f"kpy-failed-mid/{c}" for c in (
+        "before", "refused", "names-the-call", "says-abandoned", "abandoned",
+        "loaded-as-before")))
+    res = checks(log, "kpy-interrupted-kept")
+    for sig in ("SIGINT", "SIGTERM"):
+        require(res, *(f"kpy-interrupted/{sig}/{c}" for c in (
+            "interrupted", "says-abandoned", "loaded-as-before")))
+    require(checks(log, "kpy-pgmap-check-kept"), "pgmap/open", "pgmap/format",
+            "pgmap/src-not-dst")
+    assert log.stage2.get("marker") == marker, f"no marker from the second kernel:\n{log.tail()}"
 
 
 def test_kexec_py_resume_makes_start_two_mids_final(kpy: tuple[SerialLog, str]) -> None:

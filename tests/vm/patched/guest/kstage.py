@@ -28,7 +28,12 @@ Commands (one per guest step):
   mkjump OUT ADDR  a one-page ELF of that code at ADDR, for kexec-py
   jump-check PFN N after kexec-py loaded /patched/jump.elf and jumped N times:
                    the code at PFN ran N times
-  kpy-failed-mid   kexec-py's executor with a KS_mid the kernel refuses
+  kpy-failed-mid BEFORE
+                   kexec-py's executor with a KS_mid the kernel refuses;
+                   BEFORE (0 or 1) is /sys/kernel/kexec_loaded before and after
+  kpy-interrupted BEFORE
+                   kexec-py's executor interrupted by SIGINT after KS_start
+                   and by SIGTERM after KS_mid; loaded as before, the same
   kpy-stages CORE ENTRY
                    kexec-py's resume of CORE, ``kexec-py pgmap`` between
                    stages
@@ -617,39 +622,83 @@ def jump_check(dst_pfn, jumps):
           f"counter {counter:#x}, expected {COUNTER0 + jumps:#x}")
 
 
-def kpy_failed_mid():
-    """kexec-py's executor runs KS_start, a KS_mid the kernel refuses (two
-    overlapping segments in one call), KS_final: the error names the call,
-    and nothing stays loaded."""
+def kpy_staged_plan(bad_mid):
+    """KS_start, KS_mid, KS_final of kexec-py's executor; with ``bad_mid``
+    the KS_mid has two overlapping segments, which the kernel refuses."""
     from kexec_py.abi import Stage, stage_flags
-    from kexec_py.backends.linux import LinuxBackend
-    from kexec_py.errors import SyscallError
     from kexec_py.plan import Call, Plan
     from kexec_py.segments import Segment
-    from kexec_py.staging import StagedPlan, execute
+    from kexec_py.staging import StagedPlan
 
     base = 0x08000000
+    mid = [Segment(base + 0x10000, 4 * PAGE, 0)]
+    if bad_mid:
+        mid.append(Segment(base + 0x12000, 4 * PAGE, 0))
     plan = Plan("kexec_load", base, [
         Call(Stage.START, stage_flags(Stage.START),
              [Segment(base, PAGE, PAGE, pattern("S", PAGE))]),
-        Call(Stage.MID, stage_flags(Stage.MID), [Segment(base + 0x10000, 4 * PAGE, 0),
-                                                 Segment(base + 0x12000, 4 * PAGE, 0)]),
+        Call(Stage.MID, stage_flags(Stage.MID), mid),
         Call(Stage.FINAL, stage_flags(Stage.FINAL), [Segment(base + 0x20000, PAGE, 0)])])
+    return StagedPlan(plan, None, ["test"])
+
+
+def kpy_failed_mid(before):
+    """kexec-py's executor runs KS_start, a KS_mid the kernel refuses (two
+    overlapping segments in one call), KS_final: the error names the call,
+    and what was loaded before (``before``: "0" nothing, "1" an image)
+    is what is loaded after."""
+    from kexec_py.backends.linux import LinuxBackend
+    from kexec_py.errors import SyscallError
+    from kexec_py.staging import execute
+
+    tag = "kpy-failed-mid"
+    check(f"{tag}/before", loaded() == before, f"kexec_loaded={loaded()}, expected {before}")
     events = []
     try:
-        execute(LinuxBackend(Path("/")), StagedPlan(plan, None, ["test"]),
+        execute(LinuxBackend(Path("/")), kpy_staged_plan(True),
                 on_event=lambda e: events.append(e.to_json()))
-        check("kpy-failed-mid/refused", False, "the overlapping KS_mid was accepted")
+        check(f"{tag}/refused", False, "the overlapping KS_mid was accepted")
     except SyscallError as e:
-        info(f"kpy-failed-mid: error: {e.message}; hint: {e.hint}")
-        check("kpy-failed-mid/refused", e.errno == errno.EINVAL, f"errno {e.errno}")
-        check("kpy-failed-mid/names-the-call", "call 2 of 3 (KS_mid)" in e.message, e.message)
-        check("kpy-failed-mid/says-unloaded", "unloaded" in e.hint, e.hint)
-    info(f"kpy-failed-mid: events {events}")
-    check("kpy-failed-mid/start-ran", any(ev.get("event") == "call" for ev in events),
+        info(f"{tag}: error: {e.message}; hint: {e.hint}")
+        check(f"{tag}/refused", e.errno == errno.EINVAL, f"errno {e.errno}")
+        check(f"{tag}/names-the-call", "call 2 of 3 (KS_mid)" in e.message, e.message)
+        now = "the kernel loaded before it is still loaded" if before == "1" else \
+            "nothing is loaded"
+        check(f"{tag}/says-abandoned", "the staged load was abandoned" in e.hint
+              and now in e.hint, e.hint)
+    info(f"{tag}: events {events}")
+    check(f"{tag}/start-ran", any(ev.get("event") == "call" for ev in events),
           "KS_start did not run")
-    check("kpy-failed-mid/unloaded", loaded() == "0", f"kexec_loaded={loaded()}")
-    check("kpy-failed-mid/pgmap-enodev", read_pgmap() == errno.ENODEV, "a map survived")
+    check(f"{tag}/abandoned", any(ev.get("event") == "abandon" for ev in events),
+          "no abandon event")
+    check(f"{tag}/loaded-as-before", loaded() == before, f"kexec_loaded={loaded()}")
+    if before == "0":
+        check(f"{tag}/pgmap-enodev", read_pgmap() == errno.ENODEV, "a map survived")
+
+
+def kpy_interrupted(before):
+    """SIGINT after KS_start and SIGTERM after KS_mid of kexec-py's executor:
+    Interrupted (exit 130, 143), and what was loaded before is loaded after."""
+    import signal
+
+    from kexec_py.backends.linux import LinuxBackend
+    from kexec_py.staging import Interrupted, execute
+
+    for sig, after in ((signal.SIGINT, 1), (signal.SIGTERM, 2)):
+        tag = f"kpy-interrupted/{signal.Signals(sig).name}"
+
+        def on_event(e, sig=sig, after=after):
+            if e.kind == "call" and e.index == after:
+                os.kill(os.getpid(), sig)
+
+        try:
+            execute(LinuxBackend(Path("/")), kpy_staged_plan(False), on_event=on_event)
+            check(f"{tag}/interrupted", False, "the load finished")
+        except Interrupted as e:
+            info(f"{tag}: error: {e.message}; hint: {e.hint}")
+            check(f"{tag}/interrupted", e.exit_code == 128 + sig, f"exit {e.exit_code}")
+            check(f"{tag}/says-abandoned", "the staged load was abandoned" in e.hint, e.hint)
+        check(f"{tag}/loaded-as-before", loaded() == before, f"kexec_loaded={loaded()}")
 
 
 def kpy_stages(core, entry):
@@ -713,8 +762,10 @@ def main(argv):
         return 0
     elif cmd == "jump-check" and len(argv) == 4:
         jump_check(int(argv[2], 0), int(argv[3]))
-    elif cmd == "kpy-failed-mid":
-        kpy_failed_mid()
+    elif cmd == "kpy-failed-mid" and len(argv) == 3:
+        kpy_failed_mid(argv[2])
+    elif cmd == "kpy-interrupted" and len(argv) == 3:
+        kpy_interrupted(argv[2])
     elif cmd == "kpy-stages" and len(argv) == 4:
         kpy_stages(argv[2], int(argv[3], 0))
     elif cmd == "mkcore" and len(argv) == 5:
