@@ -616,7 +616,13 @@ def save_image(src: Source, out: Path, *, jump_back: int | None,
     page-filtered image: a resume must not have to load all of RAM, which
     no kernel could hold while it runs); ``keep_zero_pages`` keeps them as
     holes in the file instead.  Written to ``out.part``, fsync'ed, then
-    renamed, so ``out`` is either complete or absent.
+    renamed, so ``out`` is either complete or absent (or the old file);
+    mode 0600 whatever the umask (it holds all of RAM: keys, passwords);
+    never through a symlink: one at ``out`` is refused, one at
+    ``out.part`` too (a regular file of this user's there is what an
+    interrupted run left: it is replaced) -- see
+    :func:`kexec_py.safefile.private_output`.  Errors are KexecErrors
+    naming the path.
     ``progress(phase, done, total)`` is called as bytes are read.
     """
     from kexec_py.formats.corewriter import CoreLoad, write_core
@@ -666,30 +672,6 @@ def save_image(src: Source, out: Path, *, jump_back: int | None,
                                                    if n.name != KEXEC_PY_NOTE]
     if jump_back is not None:
         notes.append((KEXEC_PY_NOTE, NT_KEXEC_PY_JUMP_BACK, struct.pack("<Q", jump_back)))
-    part = out.with_name(out.name + ".part")
-    try:
-        with open(part, "wb") as f:
-            stats = write_core(f, loads, notes, machine=layout.elf.machine)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(part, out)
-        dfd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as e:
-        try:
-            part.unlink()
-        except OSError:
-            pass
-        raise KexecError(f"cannot write {out}: {e.strerror}",
-                         "check the target file system (space, permissions)") from None
-    except BaseException:
-        try:
-            part.unlink()
-        except OSError:
-            pass
-        raise
+    stats = write_core(out, loads, notes, machine=layout.elf.machine)
     return SaveResult(str(out), stats.file_size, stats.data_bytes, stats.loads,
                       len(layout.loads), zero_pages, jump_back)

@@ -46,7 +46,7 @@ from kexec_py.model.kernel import (
     ModelKernel,
 )
 from kexec_py.model.physmem import PhysMem
-from kexec_py.model.store import RESET_HINT, StateDir, default_state_path, dump_kernel, load_kernel
+from kexec_py.model.store import RESET_HINT, StateDir, dump_kernel, load_kernel
 from kexec_py.procfs import PageMap
 from kexec_py.ranges import MemRegion, Range
 from kexec_py.segments import Segment
@@ -85,7 +85,8 @@ class ModelBackend:
     (stage bits: EINVAL) or "stock-6.6" (0x4 and 0x8 taken as
     KEXEC_UPDATE_ELFCOREHDR and KEXEC_CRASH_HOTPLUG_SUPPORT).
     ``state_path``: the state directory (default: see
-    :func:`~kexec_py.model.store.default_state_path`).  ``persist`` False
+    :func:`~kexec_py.model.store.default_state_path`; what is checked
+    before it is used: :mod:`kexec_py.model.store`).  ``persist`` False
     keeps everything in this process (no files but an unlinked memory
     file).  ``copy_contents`` False tracks pages and maps but no bytes
     (huge benchmark loads).  ``config`` describes the machine of a new
@@ -108,7 +109,10 @@ class ModelBackend:
         self._config = config
         self._cap = cap_sys_boot
         self._paths: dict[str, str] = {}
-        self.store = StateDir(state_path or default_state_path(root)) if persist else None
+        self.store: StateDir | None = None
+        if persist:
+            self.store = StateDir(state_path) if state_path is not None else \
+                StateDir.default(root)
         self._k: ModelKernel | None = None
         self._writable = False
         self._changed = False
@@ -143,16 +147,14 @@ class ModelBackend:
                 return self._fresh(config, None)
             st.ensure()
             st.remove()  # a memory file without a state is stale
-            k = self._fresh(config, PhysMem(st.mem_file, config.memory_size()))
+            k = self._fresh(config, PhysMem(st.memory_path(create=True), config.memory_size()))
             self._changed = True
             return k
         header, blobs = got
         try:
             config = ModelConfig.from_json(header["config"])
-            if not st.mem_file.exists():
-                raise KexecError(f"the model's memory file {st.mem_file} is missing",
-                                 RESET_HINT)
-            mem = PhysMem(st.mem_file, config.memory_size(), writable=writable)
+            mem = PhysMem(st.memory_path(create=False), config.memory_size(),
+                          writable=writable)
             k = load_kernel(header, blobs, mem, self.copy_contents)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise KexecError(f"model state {st.state_file} is unusable: {type(e).__name__}: "
@@ -569,7 +571,7 @@ class ModelBackend:
             self._k = self._fresh(self._new_config(), None)
             return
         if not self._writable:
-            if not self.store.try_lock():
+            if not self.store.try_lock(repair=True):
                 raise SyscallError("model-reset", errno.EBUSY,
                                    f"the model's state {self.store.path} is locked by another "
                                    "kexec-py; retry when it has finished")
@@ -581,7 +583,11 @@ class ModelBackend:
     def dump_memory(self, dest: str | Path | BinaryIO) -> dict[str, Any]:
         """Write physical memory as an ELF core file, one PT_LOAD per RAM
         run (zero pages become holes), with a note "KPY-MODEL" (type 1)
-        whose descriptor is JSON: model kernel, running kernel, last jump."""
+        whose descriptor is JSON: model kernel, running kernel, last jump.
+
+        A path is written as :func:`kexec_py.safefile.private_output` writes
+        (mode 0600, ``FILE.part`` then a rename, never through a symlink);
+        a binary file is written from its current position."""
         from kexec_py.formats.corewriter import CoreLoad, write_core
 
         k = self._kernel()

@@ -20,7 +20,7 @@ mostly-empty 4 GiB memory image costs what it holds.  On an output that
 cannot seek (a pipe) the gaps are written as zeros.
 
 The API is general (``kexec-py dump-memory`` and saving hibernation images
-use it)::
+use it; a path is written mode 0600, atomically, never through a symlink)::
 
     write_core(path_or_file, [CoreLoad(paddr, size, chunks), ...],
                notes=[(name, type, desc), ...])
@@ -32,9 +32,11 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from kexec_py.abi import PAGE_SIZE
+from kexec_py.safefile import private_output
 from kexec_py.segments import Buffer
 
 EM_X86_64 = 62
@@ -135,6 +137,11 @@ def write_core(dest: str | os.PathLike[str] | BinaryIO, loads: Iterable[CoreLoad
     """Write an ELF64 little-endian core file to ``dest`` (a path, or a
     binary file open for writing, written from its current position).
 
+    A path is written privately and atomically
+    (:func:`kexec_py.safefile.private_output`: mode 0600, ``dest.part``,
+    fsync, rename, never through a symlink); its errors are
+    :class:`~kexec_py.errors.KexecError`.
+
     Pre-conditions: ``filesz <= size`` for every load; each load's chunks
     are in order and inside it.  Post-condition: reading the file with any
     ELF reader gives every load's bytes at ``p_offset`` (zeros where its
@@ -196,6 +203,6 @@ def write_core(dest: str | os.PathLike[str] | BinaryIO, loads: Iterable[CoreLoad
         return CoreStats(total, out.data, len(items))
 
     if isinstance(dest, (str, os.PathLike)):
-        with open(dest, "wb") as f:
+        with private_output(Path(dest)) as f:
             return stream(f)
     return stream(dest)

@@ -53,7 +53,7 @@ class PhysMem:
                 f.close()
             else:
                 flags = (os.O_RDWR | os.O_CREAT) if writable else os.O_RDONLY
-                self._fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+                self._fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             have = os.fstat(self._fd).st_size
             if writable and have != size:
                 os.ftruncate(self._fd, size)

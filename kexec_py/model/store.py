@@ -3,8 +3,36 @@ invocations, as a real kernel is shared by separate commands.
 
 Default location: ``$KEXEC_PY_MODEL_STATE``; else ``ROOT/run/kexec-py/
 model`` when ``--root`` is not ``/``; else ``$XDG_RUNTIME_DIR/kexec-py/
-model``; else ``/tmp/kexec-py-<uid>/model`` (a directory of the user's,
-mode 0700, checked before use).
+model``; else ``/tmp/kexec-py-<uid>/model``.
+
+Safety (root runs kexec-py; the state must not let anyone else redirect
+what it writes -- a user's ``$XDG_RUNTIME_DIR`` that ``sudo -E`` or ``su``
+without ``-`` hand to root, a directory planted under ``/tmp``).  Every
+use of the directory walks to it from ``/`` one component at a time
+without following symlinks (:func:`kexec_py.safefile.open_private_dir`)
+and checks:
+
+- the directories kexec-py creates (``kexec-py/`` and ``model/``,
+  ``kexec-py-<uid>/`` and ``model/``) and an explicit ``--model-state``
+  / ``$KEXEC_PY_MODEL_STATE`` directory: owned by the effective uid, mode
+  without group/other write, not a symlink (an explicit one that is a
+  symlink is refused: give its real path); created mode 0700;
+- the directory they are in (``ROOT/run``, ``$XDG_RUNTIME_DIR``, the
+  temporary directory, the parent of an explicit directory): owned by root
+  or the effective uid, not writable by group or others unless sticky
+  (``/tmp``);
+- every directory above that: not writable by group or others unless
+  sticky.
+
+Files in it are opened relative to the checked directory with
+``O_NOFOLLOW | O_CLOEXEC`` and must be regular files; the ones kexec-py
+creates are mode 0600.  A symlink planted for one of them is refused with
+an error naming it, except by ``model-reset``, which removes (unlinks,
+never follows) whatever is at the names it replaces (``state``,
+``memory``, ``dirty``, ``state.tmp``, and ``lock`` when that is not a
+regular file).  The model's memory file is checked that way, then opened
+by its real path (:class:`~kexec_py.model.physmem.PhysMem` takes a path):
+only this user or root can change what that path leads to.
 
 Files in it:
 
@@ -36,16 +64,17 @@ Files in it:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
-import stat
 import struct
 import sys
 import tempfile
 import zlib
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +85,13 @@ from kexec_py.model.config import ModelConfig
 from kexec_py.model.kernel import Image, JumpRecord, Level, ModelKernel
 from kexec_py.model.physmem import PhysMem
 from kexec_py.model.tables import Owners, PageTable
+from kexec_py.safefile import (
+    UnsafePathError,
+    create_private,
+    open_in,
+    open_private_dir,
+    remove_leftover,
+)
 
 STATE_VERSION = 1
 MAGIC = b"KPYMODEL"
@@ -64,29 +100,25 @@ RESET_HINT = ("run 'kexec-py --backend model model-reset' (it discards the model
               "memory)")
 
 
-def default_state_path(root: Path) -> Path:
+def default_state(root: Path) -> tuple[Path, int, str]:
+    """The state directory of ``--root`` ``root`` when none is given:
+    ``(path, owned, source)``: ``owned`` is how many of its last components
+    kexec-py makes and owns, ``source`` where it comes from ("explicit"
+    for ``$KEXEC_PY_MODEL_STATE``, "root", "xdg" or "tmp")."""
     env = os.environ.get("KEXEC_PY_MODEL_STATE")
     if env:
-        return Path(env)
+        return Path(env), 1, "explicit"
     if root != Path("/"):
-        return root / "run/kexec-py/model"
+        return root / "run/kexec-py/model", 2, "root"
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
-        return Path(xdg) / "kexec-py/model"
-    return Path(tempfile.gettempdir()) / f"kexec-py-{os.geteuid()}" / "model"
+        return Path(xdg) / "kexec-py/model", 2, "xdg"
+    return Path(tempfile.gettempdir()) / f"kexec-py-{os.geteuid()}" / "model", 2, "tmp"
 
 
-def _check_private_dir(d: Path) -> None:
-    """``d`` (under a world-writable /tmp) must be the user's own real
-    directory, not a symlink or someone else's."""
-    try:
-        st = os.lstat(d)
-    except FileNotFoundError:
-        os.mkdir(d, 0o700)
-        return
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise KexecError(f"{d} is not a private directory of this user",
-                         "remove it, or set --model-state / KEXEC_PY_MODEL_STATE elsewhere")
+def default_state_path(root: Path) -> Path:
+    """The state directory of ``--root`` ``root`` when none is given."""
+    return default_state(root)[0]
 
 
 # --- packing arrays into blobs ----------------------------------------------------------
@@ -232,42 +264,141 @@ def load_kernel(header: dict[str, Any], blobs: list[memoryview], mem: PhysMem,
 
 
 class StateDir:
-    """The files of one model state (see the module docstring)."""
+    """The files of one model state (see the module docstring).
 
-    def __init__(self, path: Path) -> None:
+    ``path``: the directory; ``owned``: how many of its last components
+    kexec-py makes and owns (1 for a directory given by the user);
+    ``source``: where the path comes from (for hints).  Each method walks to
+    the directory again, checked (:meth:`_dir`)."""
+
+    def __init__(self, path: Path, owned: int = 1, source: str = "explicit") -> None:
         self.path = path
+        self.owned = owned
+        self.source = source
         self.state_file = path / "state"
         self.mem_file = path / "memory"
         self.lock_file = path / "lock"
         self.dirty_file = path / "dirty"
         self._lock_fd: int | None = None
 
+    @classmethod
+    def default(cls, root: Path) -> StateDir:
+        return cls(*default_state(root))
+
+    # --- the directory, checked --------------------------------------------------------
+
+    def _split(self) -> tuple[Path, tuple[str, ...]]:
+        """(the directory the owned ones are made in, the owned names)."""
+        p = Path(os.path.abspath(self.path))
+        parts = p.parts[1:]
+        if len(parts) < self.owned:
+            raise KexecError(f"{self.path} cannot be the model state directory",
+                             "give --model-state a directory path (it is created if missing)")
+        return p.parents[self.owned - 1], parts[len(parts) - self.owned:]
+
+    def real_path(self) -> Path:
+        """The directory with the symlinks above it resolved (what the
+        checks are made on)."""
+        base, owned = self._split()
+        return Path(os.path.realpath(base)).joinpath(*owned)
+
+    def _hint(self) -> str:
+        hint = ("the model state must be a directory of this user's that nobody else can "
+                "write, under directories nobody else can write (sticky ones such as /tmp "
+                "excepted): fix or remove the directory named, or use --model-state DIR "
+                "(KEXEC_PY_MODEL_STATE)")
+        if self.source == "xdg":
+            hint += (f"; XDG_RUNTIME_DIR={os.environ.get('XDG_RUNTIME_DIR', '')} may be "
+                     "another user's ('sudo -E' and 'su' without '-' keep it): unset it")
+        return hint
+
+    @contextlib.contextmanager
+    def _dir(self, create: bool) -> Iterator[int | None]:
+        """A descriptor of the checked directory (None: it does not exist and
+        ``create`` is False)."""
+        base, owned = self._split()
+        fd = open_private_dir(base, owned, create=create, what="model state directory",
+                              shown=self.path, hint=self._hint())
+        try:
+            yield fd
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _planted(self, name: str) -> str:
+        return ("kexec-py never makes one there: see who did, then remove it "
+                f"(rm {self.path / name}), or run 'kexec-py --backend model model-reset', "
+                "which removes it (and discards the model's images and memory)")
+
+    def _open(self, d: int, name: str, flags: int) -> int:
+        return open_in(d, name, flags, self.path / name, self._planted(name))
+
+    def _read_file(self, name: str) -> bytes | None:
+        """The bytes of ``name``, None when it (or the directory) is missing."""
+        with self._dir(create=False) as d:
+            if d is None:
+                return None
+            try:
+                fd = self._open(d, name, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            with open(fd, "rb") as f:
+                return f.read()
+
     def exists(self) -> bool:
-        return self.state_file.exists()
+        with self._dir(create=False) as d:
+            if d is None:
+                return False
+            try:
+                os.stat("state", dir_fd=d, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            return True
 
     def ensure(self) -> None:
-        p = self.path
-        if p.exists() and not p.is_dir():
-            raise KexecError(f"model state {p} is not a directory",
-                             "give --model-state a directory path (it is created if missing)")
-        tmp = Path(tempfile.gettempdir())
-        if p.parent.parent == tmp and p.parent.name.startswith("kexec-py-"):
-            _check_private_dir(p.parent)
-        try:
-            p.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as e:
-            raise KexecError(f"cannot create the model state directory {p}: {e.strerror}",
-                             "set --model-state (KEXEC_PY_MODEL_STATE) to a writable place"
-                             ) from None
+        """Create the directory (and the ones kexec-py owns above it) if
+        missing; check it either way."""
+        with self._dir(create=True):
+            pass
+
+    def memory_path(self, create: bool) -> Path:
+        """The path to open the model's memory file by: checked (a regular
+        file, not a symlink; created mode 0600 with ``create``), then
+        named by the directory's real path."""
+        with self._dir(create=create) as d:
+            try:
+                if d is None:
+                    raise FileNotFoundError
+                fd = self._open(d, "memory", os.O_RDONLY | (os.O_CREAT if create else 0))
+            except FileNotFoundError:
+                raise KexecError(f"the model's memory file {self.mem_file} is missing",
+                                 RESET_HINT) from None
+            except OSError as e:
+                raise KexecError(f"cannot open the model's memory {self.mem_file}: "
+                                 f"{e.strerror}", "check --model-state") from None
+            os.close(fd)
+        return self.real_path() / "memory"
 
     # --- the lock ----------------------------------------------------------------------
 
-    def try_lock(self) -> bool:
-        """Take the model's kexec lock; False when another invocation has it."""
+    def try_lock(self, repair: bool = False) -> bool:
+        """Take the model's kexec lock; False when another invocation has it.
+        ``repair`` (model-reset): a lock that is not a regular file (a
+        planted symlink) is removed -- never followed -- and made again."""
         if self._lock_fd is not None:
             return True
-        self.ensure()
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with self._dir(create=True) as d:
+            assert d is not None
+            try:
+                fd = self._open(d, "lock", os.O_RDWR | os.O_CREAT)
+            except UnsafePathError:
+                if not repair:
+                    raise
+                self._unlink(d, "lock")
+                fd = self._open(d, "lock", os.O_RDWR | os.O_CREAT)
+            except OSError as e:
+                raise KexecError(f"cannot open {self.lock_file}: {e.strerror}",
+                                 "check --model-state") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -290,19 +421,38 @@ class StateDir:
     # --- dirty marker -----------------------------------------------------------------------
 
     def mark_dirty(self, ops: set[str]) -> None:
-        self.dirty_file.write_text(" ".join(sorted(ops)) + "\n")
+        with self._dir(create=True) as d:
+            assert d is not None
+            try:
+                fd = self._open(d, "dirty", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            except OSError as e:
+                raise KexecError(f"cannot write {self.dirty_file}: {e.strerror}",
+                                 "check --model-state") from None
+            with open(fd, "w") as f:
+                f.write(" ".join(sorted(ops)) + "\n")
 
     def dirty(self) -> set[str] | None:
         try:
-            return set(self.dirty_file.read_text().split())
-        except FileNotFoundError:
-            return None
+            data = self._read_file("dirty")
+        except OSError as e:
+            raise KexecError(f"cannot read {self.dirty_file}: {e.strerror}",
+                             "check --model-state") from None
+        return None if data is None else set(data.decode(errors="replace").split())
 
     def clear_dirty(self) -> None:
+        with self._dir(create=False) as d:
+            if d is not None:
+                self._unlink(d, "dirty")
+
+    def _unlink(self, d: int, name: str) -> None:
+        """Remove ``name`` (a symlink is removed, never followed)."""
         try:
-            self.dirty_file.unlink()
+            os.unlink(name, dir_fd=d)
         except FileNotFoundError:
             pass
+        except OSError as e:
+            raise KexecError(f"cannot remove {self.path / name}: {e.strerror}",
+                             "remove it by hand, or use another --model-state") from None
 
     # --- the state file ------------------------------------------------------------------------
 
@@ -311,9 +461,9 @@ class StateDir:
 
     def read(self) -> tuple[dict[str, Any], list[memoryview]] | None:
         try:
-            data = self.state_file.read_bytes()
-        except FileNotFoundError:
-            return None
+            data = self._read_file("state")
+            if data is None:
+                return None
         except OSError as e:
             raise KexecError(f"cannot read {self.state_file}: {e.strerror}",
                              "check --model-state") from None
@@ -344,32 +494,39 @@ class StateDir:
         return header, blobs
 
     def write(self, header: dict[str, Any], blobs: list[bytes]) -> None:
+        """Replace the state file: ``state.tmp`` (new, mode 0600), fsync,
+        rename over ``state``, fsync of the directory."""
         hjson = json.dumps(header, separators=(",", ":")).encode()
         head = _HEAD.pack(MAGIC, STATE_VERSION, len(blobs), len(hjson)) + \
             struct.pack(f"<{len(blobs)}Q", *(len(b) for b in blobs))
-        tmp = self.state_file.with_name("state.tmp")
         crc = zlib.crc32(head)
         crc = zlib.crc32(hjson, crc)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(head)
-                f.write(hjson)
-                for b in blobs:
-                    f.write(b)
-                    crc = zlib.crc32(b, crc)
-                f.write(struct.pack("<I", crc))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_file)
-        except OSError as e:
-            raise KexecError(f"cannot write the model state {self.state_file}: {e.strerror}",
-                             "check free space and permissions of --model-state") from None
+        with self._dir(create=True) as d:
+            assert d is not None
+            try:
+                # we hold the lock: a state.tmp is what a dead invocation left
+                remove_leftover("state.tmp", d, self.path / "state.tmp",
+                                self._planted("state.tmp"))
+                with open(create_private("state.tmp", d), "wb") as f:
+                    f.write(head)
+                    f.write(hjson)
+                    for b in blobs:
+                        f.write(b)
+                        crc = zlib.crc32(b, crc)
+                    f.write(struct.pack("<I", crc))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace("state.tmp", "state", src_dir_fd=d, dst_dir_fd=d)
+                os.fsync(d)
+            except OSError as e:
+                raise KexecError(f"cannot write the model state {self.state_file}: "
+                                 f"{e.strerror}",
+                                 "check free space and permissions of --model-state") from None
 
     def remove(self) -> None:
-        """Delete the model (state and memory); the lock file stays."""
-        for f in (self.state_file, self.mem_file, self.dirty_file,
-                  self.state_file.with_name("state.tmp")):
-            try:
-                f.unlink()
-            except FileNotFoundError:
-                pass
+        """Delete the model (state and memory); the lock file stays.  What
+        is at those names is removed, never followed."""
+        with self._dir(create=False) as d:
+            if d is not None:
+                for name in ("state", "memory", "dirty", "state.tmp"):
+                    self._unlink(d, name)
