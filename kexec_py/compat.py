@@ -24,6 +24,16 @@ its arguments, ``hint: ...``).
 kexec-tools options that kexec-py does not implement are refused by name
 with a hint (exit 1); none is silently ignored.
 
+Nothing reaches outside the backend unless the run talks to the running
+kernel at root / (:meth:`Env.touches_host`, the one predicate): only then
+does ``shutdown -r now`` run and do the network interfaces go down.  On the
+model (or any backend other than the running kernel) the reboot that
+``shutdown -r now`` would bring is an exec in that backend; with the linux
+backend under another root, whose system calls would still reach this
+machine's kernel, every step that would change it is refused.  The steps
+that change what is loaded run under the load lock (kexec_py/lock.py) and
+with SIGINT/SIGTERM held (kexec_py/main.py) once the first change starts.
+
 Like ``cli.py``, this module is a front end: it writes to the streams it is
 given and returns the exit status; ``main.py`` or ``cli.py`` exits.  It
 imports the loader and the backends only when it needs them, so ``kexec
@@ -39,11 +49,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from kexec_py.errors import KexecError
+from kexec_py.main import hold, release, signalled_by
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from kexec_py.backends import Backend
+    from kexec_py.lock import LoadLock
 
 #: kexec-tools' return values as exit statuses (main() returns them)
 EXIT_OK = 0
@@ -471,12 +483,17 @@ class Env:
     ``backend()`` opens the backend on first use; ``root`` is where /proc
     and /sys are read; ``execv`` runs ``shutdown -r now`` after a load
     without -l; ``ifdown`` brings the network interfaces down before an
-    exec (kexec-tools' ifdown())."""
+    exec (kexec-tools' ifdown()); ``lock()`` takes the load lock for the
+    rest of the run (default: kexec_py.lock.lock_for the backend, released
+    by :meth:`close`); ``close`` closes the backend (the kexec symlink's
+    own; under ``kexec-py compat`` the CLI closes it)."""
 
     def __init__(self, backend: Callable[[], Backend], root: Path | None = None,
                  out: TextIO | None = None, err: TextIO | None = None,
                  execv: Callable[[str, list[str]], Any] | None = None,
-                 ifdown: Callable[[Callable[[str], None]], None] | None = None) -> None:
+                 ifdown: Callable[[Callable[[str], None]], None] | None = None,
+                 lock: Callable[[], Any] | None = None,
+                 close: Callable[[], None] | None = None) -> None:
         from pathlib import Path
 
         self.backend = backend
@@ -486,6 +503,39 @@ class Env:
         self.execv: Callable[[str, list[str]], Any] = os.execv if execv is None else execv
         self.ifdown: Callable[[Callable[[str], None]], None] = (
             _ifdown if ifdown is None else ifdown)
+        self._lock = lock
+        self._close = close
+        self._held: LoadLock | None = None
+
+    def touches_host(self) -> bool:
+        """Whether this run talks to the running kernel at root /: the only
+        case in which it may reach outside the backend (run this machine's
+        shutdown, bring its network interfaces down) or, through the
+        linux backend, change this machine's kernel."""
+        from pathlib import Path
+
+        return self.backend().name == "linux" and Path(self.root) == Path("/")
+
+    def lock(self) -> None:
+        """Take the load lock (LockError when another kexec-py has it)."""
+        if self._lock is not None:
+            self._lock()
+        elif self._held is None:
+            from kexec_py.lock import lock_for
+
+            lk = lock_for(self.backend())
+            lk.acquire()
+            self._held = lk
+
+    def close(self) -> None:
+        """Close the backend (the model saves its state), then drop the lock."""
+        try:
+            if self._close is not None:
+                self._close()
+        finally:
+            if self._held is not None:
+                self._held.release()
+                self._held = None
 
 
 def run(argv: Sequence[str], env: Env, prog: str = "kexec") -> int:
@@ -493,6 +543,7 @@ def run(argv: Sequence[str], env: Env, prog: str = "kexec") -> int:
     try:
         plan = decide(parse(argv, prog))
     except Usage as e:
+        hold()
         env.err.write(e.message + "\n")
         if e.hint:
             env.err.write(f"hint: {e.hint}\n")
@@ -500,11 +551,13 @@ def run(argv: Sequence[str], env: Env, prog: str = "kexec") -> int:
             env.out.write(USAGE)
         return EXIT_USAGE
     if plan.immediate == "help":
+        hold()
         env.out.write(USAGE)
         return EXIT_OK
     if plan.immediate == "version":
         from kexec_py import __version__
 
+        hold()
         env.out.write(f"kexec-py {__version__}\n")
         return EXIT_OK
     trace = _tracer(env) if plan.debug else None
@@ -516,6 +569,7 @@ def run(argv: Sequence[str], env: Env, prog: str = "kexec") -> int:
     try:
         return _carry_out(plan, env, trace)
     except Failed as e:
+        hold()
         env.err.write(e.first + "\n")
         if e.detail and e.detail != e.first:
             env.err.write(f"kexec-py: {e.detail}\n")
@@ -523,14 +577,20 @@ def run(argv: Sequence[str], env: Env, prog: str = "kexec") -> int:
             env.err.write(f"hint: {e.hint}\n")
         return e.exit_code
     except KexecError as e:  # anything not mapped to a kexec-tools message below
+        hold()
         env.err.write(f"kexec: {e.message}\n")
         if e.hint:
             env.err.write(f"hint: {e.hint}\n")
         return EXIT_FAILED
     except KeyboardInterrupt:
-        env.err.write("kexec: interrupted\n")
+        hold()
+        env.err.write("kexec: interrupted (SIGINT)\n")
         return 130
     except Exception as e:  # a bug: one line, no traceback (kexec -d shows it)
+        sig = signalled_by(e)
+        if sig is not None:  # a signal inside an import: main() reports it
+            raise sig from None
+        hold()
         if plan.debug:
             import traceback
 
@@ -555,6 +615,7 @@ def _carry_out(p: Plan, env: Env, trace: Callable[[str], None] | None) -> int:
         from kexec_py import procfs
 
         r = procfs.crash_region(env.root)
+        hold()
         env.out.write(f"{r.end - r.start if r is not None else 0}\n")
         return EXIT_OK
     if p.do_load and p.crash and not _crash_reserved(env.root):
@@ -569,6 +630,12 @@ def _carry_out(p: Plan, env: Env, trace: Callable[[str], None] | None) -> int:
                      EXIT_USAGE, hint="drop -s: --load-preserve-context uses kexec_load")
     if p.do_status:
         return _status(p, env)
+    if not (p.do_unload or p.do_load or p.do_shutdown or p.do_exec):
+        return EXIT_OK
+    env.lock()  # everything below changes what is loaded
+    if p.do_unload or p.do_load:
+        _fence(env)
+        hold()  # from the first change on, the run finishes
     if p.do_unload:
         _unload(p, env)
     if p.do_load:
@@ -577,12 +644,15 @@ def _carry_out(p: Plan, env: Env, trace: Callable[[str], None] | None) -> int:
         raise Failed("Nothing has been loaded!", EXIT_USAGE,
                      hint="load a kernel first: kexec -l KERNEL [--initrd=FILE] "
                           "[--append=TEXT]")
+    _fence(env)
+    host = env.touches_host()
     if p.do_shutdown:
-        return _shutdown(env)
+        hold()
+        return _shutdown(env) if host else _reboot_in_backend(env)
     if p.do_sync:
         env.backend().sync()
-    if p.do_ifdown and env.backend().name == "linux" and str(env.root) == "/":
-        # only for the running kernel's own exec: never on a model or a --root
+    hold()
+    if p.do_ifdown and host:  # the running kernel's own exec only
         env.ifdown(trace or (lambda _line: None))
     if p.do_exec:
         try:
@@ -590,6 +660,19 @@ def _carry_out(p: Plan, env: Env, trace: Callable[[str], None] | None) -> int:
         except KexecError as e:
             raise _failed_call("kexec failed", e) from None
     return EXIT_OK
+
+
+def _fence(env: Env) -> None:
+    """The linux backend under another root reads that root's /proc and
+    /sys, but its system calls (and shutdown) would change this machine's
+    kernel: refuse, before any change."""
+    if env.touches_host() or env.backend().name != "linux":
+        return
+    raise Failed(f"kexec: the root is {env.root}, not /: kexec-py changes the running kernel "
+                 "only at root /", EXIT_USAGE,
+                 hint="the linux backend would load into, unload from or reboot this "
+                      "machine, not the one under that root; drop --root (KEXEC_PY_ROOT), or "
+                      "try it on the model: --backend model (KEXEC_PY_BACKEND=model)")
 
 
 def _crash_reserved(root: Path) -> bool:
@@ -778,9 +861,12 @@ def _load_failure(e: KexecError, req: Any) -> Failed:
 def _shutdown(env: Env) -> int:
     """``shutdown -r now`` as kexec-tools runs it: the first of
     /sbin/shutdown, /etc/shutdown, /bin/shutdown that execv() accepts
-    replaces this process; the reboot path then boots the loaded kernel."""
+    replaces this process; the reboot path then boots the loaded kernel.
+    Only for the running kernel at root / (:meth:`Env.touches_host`)."""
+    assert env.touches_host()
     args = ["shutdown", "-r", "now"]
     last: OSError | None = None
+    release()  # shutdown must not inherit blocked SIGINT/SIGTERM
     for path in ("/sbin/shutdown", "/etc/shutdown", "/bin/shutdown"):
         try:
             env.execv(path, args)
@@ -789,6 +875,21 @@ def _shutdown(env: Env) -> int:
             last = e
     raise Failed(f"shutdown: {os.strerror(last.errno or _errno.ENOENT) if last else 'failed'}",
                  EXIT_FAILED, hint="run 'kexec -e' to boot the loaded kernel without shutdown")
+
+
+def _reboot_in_backend(env: Env) -> int:
+    """What ``shutdown -r now`` brings about, on a backend that is not this
+    machine's kernel (the model): the reboot path boots the loaded kernel,
+    so sync and exec it in the backend.  This machine's shutdown never runs."""
+    be = env.backend()
+    env.err.write(f"kexec: not running this machine's 'shutdown -r now' for the {be.name} "
+                  f"backend: booting the loaded kernel in the {be.name}, as the reboot would\n")
+    be.sync()
+    try:
+        be.reboot_kexec()
+    except KexecError as e:
+        raise _failed_call("kexec failed", e) from None
+    return EXIT_OK
 
 
 def _ifdown(trace: Callable[[str], None]) -> None:
@@ -801,9 +902,11 @@ def _ifdown(trace: Callable[[str], None]) -> None:
 
 
 def env_from_environment(out: TextIO | None = None, err: TextIO | None = None) -> Env:
-    """The Env of a ``kexec`` symlink: backend and root from
-    KEXEC_PY_BACKEND / KEXEC_PY_ROOT (and KEXEC_PY_MODEL_STATE,
-    KEXEC_PY_MODEL_KERNEL), as the native CLI reads them."""
+    """The Env of a ``kexec`` symlink, which has no global options: backend
+    and root from KEXEC_PY_BACKEND / KEXEC_PY_ROOT (and KEXEC_PY_MODEL_STATE,
+    KEXEC_PY_MODEL_KERNEL for the model), documented in kexec-py(8).  They
+    can only steer the run away from this machine: to the model, or to a
+    root other than /, where compat changes no kernel."""
     from pathlib import Path
 
     root = Path(os.environ.get("KEXEC_PY_ROOT") or "/")
@@ -821,9 +924,17 @@ def env_from_environment(out: TextIO | None = None, err: TextIO | None = None) -
             cache.append(open_backend(which, root, opts if which == "model" else None))
         return cache[0]
 
-    return Env(backend, root, out, err)
+    def close() -> None:
+        if cache:
+            cache.pop().close()
+
+    return Env(backend, root, out, err, close=close)
 
 
 def main(argv: Sequence[str], prog: str = "kexec") -> int:
     """``kexec ARGS``: run and return the exit status (main.py exits)."""
-    return run(argv, env_from_environment(), prog)
+    env = env_from_environment()
+    try:
+        return run(argv, env, prog)
+    finally:
+        env.close()

@@ -3,6 +3,11 @@
 System calls go through :mod:`kexec_py.syscall`; state comes from /proc and
 /sys under ``root``.  EPERM is explained from what the kernel exposes
 (lockdown, kexec_load_disabled, the load limits, CAP_SYS_BOOT).
+
+The calls that act on the machine -- kexec_load, kexec_file_load,
+reboot(LINUX_REBOOT_CMD_KEXEC), sync -- are made only when ``root`` is
+``/`` (the running system): with ``--root DIR`` this backend reads DIR's
+/proc and /sys, and a load, unload or exec is refused before any call.
 """
 
 from __future__ import annotations
@@ -31,6 +36,22 @@ class LinuxBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.arch = abi.host_abi()
+
+    @property
+    def touches_host(self) -> bool:
+        """Whether this backend is the running kernel (root ``/``), whose
+        system calls act on this machine."""
+        try:
+            return Path(self.root).resolve() == Path("/")
+        except OSError:
+            return False
+
+    def _host_only(self, call: str) -> None:
+        if not self.touches_host:
+            raise UnsupportedError(
+                f"{call} would act on this machine's kernel, and --root is {self.root}, not /: "
+                "nothing was called",
+                "drop --root to act on the running kernel, or use --backend model")
 
     # --- why EPERM ------------------------------------------------------------
 
@@ -61,6 +82,7 @@ class LinuxBackend:
     # --- the calls --------------------------------------------------------------
 
     def kexec_load(self, entry: int, segments: Sequence[Segment], flags: int) -> None:
+        self._host_only("kexec_load")
         try:
             syscall.kexec_load(entry, segments, flags | self.arch.kexec_arch
                                if flags & abi.KEXEC_ARCH_MASK == 0 else flags, self.arch)
@@ -69,18 +91,21 @@ class LinuxBackend:
 
     def kexec_file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes | None,
                         flags: int) -> None:
+        self._host_only("kexec_file_load")
         try:
             syscall.kexec_file_load(kernel_fd, initrd_fd, cmdline, flags, self.arch)
         except SyscallError as e:
             raise self._refine(e) from None
 
     def reboot_kexec(self) -> None:
+        self._host_only("reboot(LINUX_REBOOT_CMD_KEXEC)")
         try:
             syscall.reboot_kexec(self.arch)
         except SyscallError as e:
             raise self._refine(e) from None
 
     def sync(self) -> None:
+        self._host_only("sync")
         syscall.sync()
 
     # --- state ------------------------------------------------------------------

@@ -331,6 +331,7 @@ def run(args):
         sys.stdout, sys.stderr = real_out, real_err
 
 from kexec_py.main import main
+import kexec_py._start
 from kexec_py.cli import cli
 g = ["--backend", "linux", "--root", fake_root]
 run(["--version"])
@@ -470,7 +471,7 @@ def build_base() -> Built:
             _copy(lib, stage, lib)
             manifest.add(str(lib))
         script = stage / "usr/bin/kexec-py"
-        script.write_text("#!/usr/bin/python3\nimport sys\n\nfrom kexec_py.main import main\n\n"
+        script.write_text("#!/usr/bin/python3\nimport sys\n\nfrom kexec_py._start import main\n\n"
                           "sys.exit(main())\n")
         script.chmod(0o755)
 

@@ -12,9 +12,15 @@ call, so ``kexec-py resume`` loads it there and ``kexec-py exec`` jumps to
 it; the marker proves both ran (what a real hibernated kernel would do at
 that entry needs the patched kernel, see the staged tests).
 
+The resume writes nothing to the disk: its file system is made clean but
+with an orphan inode waiting (what ext4 deletes at every mount, read-only
+and noload ones included, unless the device is read-only), and the disk
+file is the same, byte for byte, after the boot that resumed.
+
 With a corrupt (truncated) image the script says why on the console and
 the normal boot goes on: Debian's init mounts the disk as root and runs its
-/sbin/init, which prints ``@@ROOTFS-INIT``.
+/sbin/init, which prints ``@@ROOTFS-INIT`` and whether the disk is still
+read-only (it must not be: the script gives it back writable).
 
 Measured and recorded (not asserted): the initramfs size the hook adds
 (compressed and unpacked, against the same build without it) and
@@ -86,7 +92,8 @@ done
 
 ROOTFS_INIT = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
-echo "@@ROOTFS-INIT uptime=$(/bin/busybox cut -d' ' -f1 /proc/uptime)"
+echo "@@ROOTFS-INIT uptime=$(/bin/busybox cut -d' ' -f1 /proc/uptime) \
+vda_ro=$(/bin/busybox cat /sys/block/vda/ro)"
 /bin/busybox poweroff -f
 """
 
@@ -183,10 +190,12 @@ def make_image(path: Path, corrupt: bool = False) -> Path:
     return path
 
 
-def make_disk(path: Path, image: Path) -> Path:
+def make_disk(path: Path, image: Path, orphan: bool = False) -> Path:
     """A 64 MiB ext4 file system (mkfs.ext4 -d, no mount): /hibernate.img,
     and a root file system made of busybox and an /sbin/init that prints
-    @@ROOTFS-INIT and powers off."""
+    @@ROOTFS-INIT and powers off.  With ``orphan``, an inode on the orphan
+    list (s_last_orphan), unlinked: the file system is clean, but any
+    mount that may write deletes it."""
     with tempfile.TemporaryDirectory(dir=CACHE, prefix="disk-") as tmp:
         root = Path(tmp)
         for d in ("bin", "sbin", "dev", "proc", "sys", "run", "tmp"):
@@ -198,7 +207,33 @@ def make_disk(path: Path, image: Path) -> Path:
         path.unlink(missing_ok=True)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "kexecpy", "-d", str(root), str(path),
                         "64M"], check=True, capture_output=True)
+        if orphan:
+            victim = root / "victim"
+            victim.write_bytes(bytes(range(256)) * 256)
+            _debugfs(path, f"write {victim} orphan")
+            m = re.search(r"Inode: (\d+)", _debugfs(path, "stat /orphan"))
+            assert m is not None
+            _debugfs(path, "unlink /orphan", f"sif <{m[1]}> links_count 0",
+                     f"ssv last_orphan {m[1]}")
+            header = subprocess.run(["dumpe2fs", "-h", str(path)], check=True,
+                                    capture_output=True, text=True).stdout
+            assert f"First orphan inode:       {m[1]}" in header, header
+            assert re.search(r"Filesystem state:\s+clean\n", header), header
     return path
+
+
+def _debugfs(fs: Path, *commands: str) -> str:
+    p = subprocess.run(["debugfs", "-w", "-f", "-", str(fs)], input="\n".join(commands) + "\n",
+                       check=True, capture_output=True, text=True)
+    return p.stdout
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def boot_with_disk(name: str, kernel: Path, initrd: Path, disk: Path, cmdline: str,
@@ -228,14 +263,17 @@ def initrds(vm_ready: None) -> tuple[Path, Path, dict[str, int], dict[str, int]]
 
 
 def _boot(initrds: tuple[Path, Path, dict[str, int], dict[str, int]], name: str,
-          corrupt: bool, extra: str = "") -> SerialLog:
+          corrupt: bool, extra: str = "", orphan: bool = False) -> tuple[SerialLog, bool]:
+    """The boot, and whether the disk is the same after it."""
     kernel = harness.default_kernel()
     image = make_image(CACHE / f"{name}.img", corrupt=corrupt)
-    disk = make_disk(CACHE / f"{name}.disk", image)
+    disk = make_disk(CACHE / f"{name}.disk", image, orphan=orphan)
+    before = _digest(disk)
     cmdline = ("console=ttyS0 panic=-1 root=/dev/vda ro rootfstype=ext4 "
                f"kexec_resume=/dev/vda:/hibernate.img {extra}").strip()
     try:
-        return boot_with_disk(name, kernel, initrds[1], disk, cmdline)
+        log = boot_with_disk(name, kernel, initrds[1], disk, cmdline)
+        return log, _digest(disk) == before
     finally:
         disk.unlink(missing_ok=True)
         image.unlink(missing_ok=True)
@@ -243,7 +281,7 @@ def _boot(initrds: tuple[Path, Path, dict[str, int], dict[str, int]], name: str,
 
 def test_the_resume_path_loads_and_enters_the_image(
         initrds: tuple[Path, Path, dict[str, int], dict[str, int]]) -> None:
-    log = _boot(initrds, "initramfs-resume", corrupt=False)
+    log, unchanged = _boot(initrds, "initramfs-resume", corrupt=False, orphan=True)
     text = log.text
     assert "kexec-py resume: resuming from /hibernate.img on /dev/vda" in text, log.tail()
     assert "kexec-py resume: image loaded, jumping to it" in text, log.tail()
@@ -251,6 +289,7 @@ def test_the_resume_path_loads_and_enters_the_image(
         f"the image's code did not run:\n{log.tail()}"
     assert "@@ROOTFS-INIT" not in text, log.tail()
     assert "continuing with a normal boot" not in text, log.tail()
+    assert unchanged, f"the resume wrote to the disk:\n{log.tail()}"
     jump = log.at("kexec-py resume: image loaded")
     ran = next((t for t, line in log.lines if MARKER in line), None)
     record("initramfs", f"INITRAMFS resume: premount message at {log.at('kexec-py resume:'):.1f}"
@@ -260,7 +299,7 @@ def test_the_resume_path_loads_and_enters_the_image(
 
 def test_a_corrupt_image_falls_back_to_a_normal_boot(
         initrds: tuple[Path, Path, dict[str, int], dict[str, int]]) -> None:
-    log = _boot(initrds, "initramfs-corrupt", corrupt=True, extra="kexec_py_timing")
+    log, _ = _boot(initrds, "initramfs-corrupt", corrupt=True, extra="kexec_py_timing")
     text = log.text
     assert "kexec-py resume: resuming from /hibernate.img on /dev/vda" in text, log.tail()
     m = re.search(r"kexec-py resume: kexec-py resume failed \(exit 1\): (.*)", text)
@@ -269,6 +308,7 @@ def test_a_corrupt_image_falls_back_to_a_normal_boot(
     assert "kexec-py resume: continuing with a normal boot" in text
     assert MARKER not in text
     assert log.first("@@ROOTFS-INIT") is not None, f"the normal boot did not go on:\n{log.tail()}"
+    assert "@@ROOTFS-INIT" in text and "vda_ro=0" in text, log.tail()
     bad = [t for t in log.timings if t.rc != 0]
     assert not bad, bad
     med = {k: statistics.median(log.times(k))
