@@ -10,7 +10,8 @@ handed to the loaded kernel as a parameter segment in one of two encodings.
 ``elfcorehdr`` (default): an ELF64 core header, the format a kdump kernel
 reads from ``elfcorehdr=<size>@<addr>``, so the loaded kernel's stock
 ``/proc/vmcore`` shows the original memory and copying it is a correct
-hibernation image.  Byte layout (little-endian)::
+hibernation image.  Byte layout (little-endian; the structures are
+:data:`kexec_py.formats.elfstruct.ELF64LE`'s)::
 
     0     Elf64_Ehdr   e_ident 7f 'E' 'L' 'F' 02 01 01 00..., e_type 4 (ET_CORE),
                        e_machine (62 x86_64), e_version 1, e_phoff 64,
@@ -73,15 +74,19 @@ from dataclasses import dataclass, field
 
 from kexec_py.abi import PAGE_SHIFT, PAGE_SIZE
 from kexec_py.errors import PlanError, ProcfsError
-from kexec_py.formats.vmcore import (
+from kexec_py.formats.elfstruct import (
+    ELF64LE,
     EM_X86_64,
     ET_CORE,
-    KEXEC_PY_NOTE,
-    NT_KEXEC_PY_BACKUP_MAP,
+    EV_CURRENT,
+    PF_R,
+    PF_W,
+    PF_X,
     PT_LOAD,
     PT_NOTE,
-    pack_note,
 )
+from kexec_py.formats.notes import note_bytes
+from kexec_py.formats.vmcore import KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP
 from kexec_py.procfs import PageMap
 from kexec_py.ranges import MemRegion, Range, merge, subtract
 from kexec_py.segments import Segment
@@ -93,16 +98,14 @@ RAW_VERSION = 1
 RAW_HEADER = struct.Struct("<8sIIQ")
 RAW_PAIR = 16
 
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-PHDR = struct.Struct("<IIQQQQQQ")
 #: a stock /proc/vmcore reads e_phnum as is: 0xffff (PN_XNUM) is not understood
 VMCORE_MAX_PHNUM = 0xFFFE
 #: an empty note (n_namesz 0) ends our PT_NOTE, as the kernel's crash notes
 #: end: /proc/vmcore walks a PT_NOTE until n_namesz is 0 and reads the header
 #: after the last note even at p_memsz (a kernel warning, and a read past its
 #: buffer, when nothing ends the list)
-END_NOTE = bytes(12)
-OWN_NOTE_SIZE = len(pack_note(KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP, bytes(24))) + len(END_NOTE)
+END_NOTE = bytes(ELF64LE.nhdr.size)
+OWN_NOTE_SIZE = len(note_bytes(KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP, bytes(24))) + len(END_NOTE)
 
 #: bitmap membership tests cover physical memory up to this many pages (256 GiB)
 _BITMAP_PAGES = 1 << 26
@@ -295,7 +298,7 @@ def elfcorehdr_worst_case(ram: Sequence[Range], dest_pages: int, extra_notes: in
     destination pages can need (not page rounded)."""
     nram = len(merge(ram))
     phnum = 1 + extra_notes + 2 * dest_pages + 2 * nram
-    return EHDR.size + PHDR.size * phnum + OWN_NOTE_SIZE
+    return ELF64LE.ehdr.size + ELF64LE.phdr.size * phnum + OWN_NOTE_SIZE
 
 
 def build_elfcorehdr(ram: Sequence[Range], pm: PageMap, *, addr: int, window: Range,
@@ -317,28 +320,28 @@ def build_elfcorehdr(ram: Sequence[Range], pm: PageMap, *, addr: int, window: Ra
             f"the backup map needs {phnum} program headers; /proc/vmcore reads at most "
             f"{VMCORE_MAX_PHNUM}", "use a smaller --mem-min/--mem-max window or --backup-map raw",
             errno.E2BIG)
-    note_off = EHDR.size + PHDR.size * phnum
-    own = pack_note(KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP,
-                    struct.pack("<QQQ", window.start, window.end, runs.pages)) + END_NOTE
+    eh, ph = ELF64LE.ehdr, ELF64LE.phdr
+    note_off = eh.size + ph.size * phnum
+    own = note_bytes(KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP,
+                     struct.pack("<QQQ", window.start, window.end, runs.pages)) + END_NOTE
     buf = bytearray(note_off + len(own))
-    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
-    EHDR.pack_into(buf, 0, ident, ET_CORE, machine, 1, 0, EHDR.size, 0, 0, EHDR.size,
-                   PHDR.size, phnum, 0, 0, 0)
-    pos = EHDR.size
-    PHDR.pack_into(buf, pos, PT_NOTE, 0, addr + note_off, 0, 0, len(own), len(own), 4)
-    pos += PHDR.size
+    eh.pack_into(buf, 0, ELF64LE.ident(), ET_CORE, machine, EV_CURRENT, 0, eh.size, 0, 0,
+                 eh.size, ph.size, phnum, 0, 0, 0)
+    pos = eh.size
+    ph.pack_into(buf, pos, PT_NOTE, 0, addr + note_off, 0, 0, len(own), len(own), 4)
+    pos += ph.size
     for n in notes:
         where = runs.translate(n.addr)
         if (n.addr ^ (n.addr + n.size - 1)) >> PAGE_SHIFT and \
                 runs.translate(n.addr + n.size - 1) != where + n.size - 1:
             raise PlanError(f"note area {n.name or ''} at {n.addr:#x} spans pages that were "
                             "moved apart", "load again: the kernel placed its pages differently")
-        PHDR.pack_into(buf, pos, PT_NOTE, 0, where, 0, 0, n.size, n.size, 4)
-        pos += PHDR.size
-    pack = PHDR.pack_into
+        ph.pack_into(buf, pos, PT_NOTE, 0, where, 0, 0, n.size, n.size, 4)
+        pos += ph.size
+    pack, step, rwx = ph.pack_into, ph.size, PF_R | PF_W | PF_X
     for paddr, data, size in loads:
-        pack(buf, pos, PT_LOAD, 7, data, 0, paddr, size, size, 0)
-        pos += PHDR.size
+        pack(buf, pos, PT_LOAD, rwx, data, 0, paddr, size, size, 0)
+        pos += step
     buf[note_off:] = own
     return bytes(buf)
 

@@ -825,7 +825,8 @@ def _load_args_none(be: Backend, req: Any) -> None:  # req: loader.LoadRequest
     """--args-none for an ELF image: its PT_LOADs at their physical
     addresses and the ELF entry point; no entry stub, no boot parameters."""
     from kexec_py import loader
-    from kexec_py.formats import bzimage, elf
+    from kexec_py.arch.x86.placement import ram_bytes
+    from kexec_py.formats import elf
 
     f = loader.map_file(req.kernel, "kernel")
     img = elf.parse(f.data, str(req.kernel))
@@ -835,7 +836,7 @@ def _load_args_none(be: Backend, req: Any) -> None:  # req: loader.LoadRequest
     memmap = be.memory_map()
     plan = loader.pack_plan(sorted(segs, key=lambda s: s.mem), entry,
                             loader.kexec_load_flags(req.preserve_context, req.crash),
-                            [], bzimage.ram_bytes(memmap))
+                            [], ram_bytes(memmap))
     call = plan.calls[0]
     be.kexec_load(plan.entry, call.segments, call.flags)
 

@@ -21,7 +21,6 @@ returns the checks, and the command exits 0 only when every one holds.
 from __future__ import annotations
 
 import random
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,11 +67,9 @@ def demo_kernel(payload_size: int = 0x10000) -> bytes:
     for the hibernating kernel; a real run uses /boot/vmlinuz-*."""
     sects = 4
     data = bytearray((sects + 1) * bzimage.SECTOR + payload_size)
-    fmt = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 
     def put(name: str, value: int) -> None:
-        f = bzimage.FIELDS[name]
-        struct.pack_into(fmt[f.size], data, f.offset, value)
+        bzimage.write_field(data, bzimage.FIELDS[name], value)
 
     data[0x200] = 0xEB  # jmp over the header, whose end the jump's offset gives
     data[0x201] = 0x26C - 0x202

@@ -43,17 +43,26 @@ from kexec_py.abi import KEXEC_SEGMENT_MAX, PAGE_SHIFT, PAGE_SIZE
 from kexec_py.backends import Backend
 from kexec_py.backupmap import NoteArea, WindowLayout
 from kexec_py.errors import FormatError, KexecError, PlanError, ProcfsError, UnsupportedError
-from kexec_py.formats.vmcore import (
+from kexec_py.formats.elfstruct import (
+    EI_CLASS,
+    EI_DATA,
+    ELF64LE,
+    ELFCLASS32,
     ELFCLASS64,
-    KEXEC_PY_NOTE,
-    NT_KEXEC_PY_JUMP_BACK,
+    ELFDATA2MSB,
+    ELFMAG,
+    PN_XNUM,
     PT_LOAD,
     PT_NOTE,
+    layout,
+)
+from kexec_py.formats.notes import Note, kept_size, parse_notes
+from kexec_py.formats.vmcore import (
+    KEXEC_PY_NOTE,
+    NT_KEXEC_PY_JUMP_BACK,
     CoreImage,
     ElfHeader,
-    Note,
     parse_header,
-    parse_notes,
     read_phdrs,
 )
 from kexec_py.loader import LoadRequest
@@ -102,9 +111,10 @@ class VmcoreView:
                  name: str = "/proc/vmcore") -> None:
         self.name = name
         self._read = read_phys
-        head = read_phys(addr, max(hdr_size, 64))
+        head = read_phys(addr, max(hdr_size, ELF64LE.ehdr.size))
         h = parse_header(head, len(head), f"elfcorehdr at {addr:#x}")
-        if h.phoff != (64 if h.elfclass == ELFCLASS64 else 52):
+        lay = h.layout
+        if h.phoff != lay.ehdr.size:
             raise FormatError(f"elfcorehdr at {addr:#x}: program headers at {h.phoff:#x}, "
                               "not right after the ELF header", "the header is corrupt")
         cols = read_phdrs(head, h)
@@ -113,7 +123,7 @@ class VmcoreView:
         for i, t in enumerate(cols.type):
             if t == PT_NOTE:
                 raw = read_phys(cols.offset[i], cols.memsz[i])
-                notes += raw[:_real_note_size(raw, h.little)]
+                notes += raw[:kept_size(raw, h.little)]
             else:
                 others.append(i)
         phnum = len(others) + 1
@@ -121,16 +131,10 @@ class VmcoreView:
         notes_sz = _up(len(notes))
         out = bytearray(elfsz)
         out[:h.phoff] = head[:h.phoff]
-        e = h.endian
-        phnum_off = 56 if h.elfclass == ELFCLASS64 else 44
-        struct.pack_into(e + "H", out, phnum_off, phnum)
+        lay.ehdr.put(out, "e_phnum", phnum)
         pos = h.phoff
-        if h.elfclass == ELFCLASS64:
-            struct.pack_into(e + "IIQQQQQQ", out, pos, PT_NOTE, 0, elfsz, 0, 0, len(notes),
-                             len(notes), 4)
-        else:
-            struct.pack_into(e + "IIIIIIII", out, pos, PT_NOTE, elfsz, 0, 0, len(notes),
-                             len(notes), 0, 4)
+        out[pos:pos + h.phentsize] = lay.phdr.pack_fields(
+            p_type=PT_NOTE, p_offset=elfsz, p_filesz=len(notes), p_memsz=len(notes), p_align=4)
         pos += h.phentsize
         self.chunks: list[_Chunk] = []
         off = elfsz + notes_sz
@@ -140,11 +144,7 @@ class VmcoreView:
                 p = cols.offset[i]
                 start, end = _down(p), _up(p + cols.memsz[i])
                 self.chunks.append(_Chunk(off, end - start, start))
-                new_off = off + (p - start)
-                if h.elfclass == ELFCLASS64:
-                    struct.pack_into(e + "Q", raw_ph, 8, new_off)
-                else:
-                    struct.pack_into(e + "I", raw_ph, 4, new_off)
+                lay.phdr.put(raw_ph, "p_offset", off + (p - start))
                 off += end - start
             out[pos:pos + h.phentsize] = raw_ph
             pos += h.phentsize
@@ -170,22 +170,6 @@ class VmcoreView:
             offset += n
             size -= n
         return bytes(out)
-
-
-def _real_note_size(raw: bytes, little: bool) -> int:
-    """The size the kernel keeps of a PT_NOTE: notes up to the first with
-    ``n_namesz == 0`` or the first that would run past ``p_memsz``."""
-    e = "<" if little else ">"
-    pos = 0
-    while pos + 12 <= len(raw):
-        namesz, descsz, _ = struct.unpack_from(e + "III", raw, pos)
-        if namesz == 0:
-            break
-        sz = 12 + ((namesz + 3) & ~3) + ((descsz + 3) & ~3)
-        if pos + sz > len(raw):
-            break
-        pos += sz
-    return pos
 
 
 class FileSource:
@@ -238,22 +222,20 @@ class CoreLayout:
 
 def read_layout(src: Source) -> CoreLayout:
     """Header, notes and PT_LOAD table of the core in ``src``."""
-    first = src.read(0, 64)
-    if len(first) < 52 or first[:4] != b"\x7fELF":
+    first = src.read(0, ELF64LE.ehdr.size)
+    if len(first) < layout(ELFCLASS32, True).ehdr.size or first[:4] != ELFMAG:
         parse_header(first, len(first), src.name)  # raises with the reason
-    is64 = first[4] == ELFCLASS64
-    e = ">" if first[5] == 2 else "<"
-    if is64:
-        phoff, shoff = struct.unpack_from(e + "QQ", first, 32)
-        phentsize, phnum, shentsize = struct.unpack_from(e + "HHH", first, 54)
-    else:
-        phoff, shoff = struct.unpack_from(e + "II", first, 28)
-        phentsize, phnum, shentsize = struct.unpack_from(e + "HHH", first, 42)
-    end = phoff + (phnum if phnum != 0xFFFF else 0) * phentsize
-    if phnum == 0xFFFF and shoff:
+    # how much to read: only the class and byte order are trusted yet (an
+    # unknown class reads as ELF32; parse_header below says what is wrong)
+    lay = layout(ELFCLASS64 if first[EI_CLASS] == ELFCLASS64 else ELFCLASS32,
+                 first[EI_DATA] != ELFDATA2MSB)
+    phoff, shoff = lay.ehdr.get(first, "e_phoff"), lay.ehdr.get(first, "e_shoff")
+    phentsize, phnum = lay.ehdr.get(first, "e_phentsize"), lay.ehdr.get(first, "e_phnum")
+    shentsize = lay.ehdr.get(first, "e_shentsize")
+    end = phoff + (phnum if phnum != PN_XNUM else 0) * phentsize
+    if phnum == PN_XNUM and shoff:
         sh = src.read(shoff, shentsize)
-        count = struct.unpack_from(e + "I", sh, 44 if is64 else 28)[0] if len(sh) >= 48 \
-            or (not is64 and len(sh) >= 32) else 0
+        count = lay.shdr.get(sh, "sh_info") if len(sh) >= lay.shdr.end("sh_info") else 0
         end = max(phoff + count * phentsize, shoff + shentsize)
     head = src.read(0, max(end, len(first)))
     h = parse_header(head, len(head), src.name)
@@ -263,7 +245,7 @@ def read_layout(src: Source) -> CoreLayout:
     for i, t in enumerate(cols.type):
         if t == PT_NOTE:
             raw = src.read(cols.offset[i], cols.filesz[i])
-            notes_raw += raw[:_real_note_size(raw, h.little)]
+            notes_raw += raw[:kept_size(raw, h.little)]
         elif t == PT_LOAD and cols.memsz[i]:
             if cols.filesz[i] > cols.memsz[i] or cols.offset[i] + cols.filesz[i] > src.size:
                 raise FormatError(f"{src.name}: PT_LOAD {i} at {cols.paddr[i]:#x} has data "
@@ -271,11 +253,6 @@ def read_layout(src: Source) -> CoreLayout:
             loads.append((cols.paddr[i], cols.offset[i], cols.filesz[i], cols.memsz[i]))
     notes = parse_notes(bytes(notes_raw), h.little, src.name)
     return CoreLayout(h, notes, bytes(notes_raw), loads)
-
-
-def iter_chunks(total: int, chunk: int) -> Iterator[tuple[int, int]]:
-    for off in range(0, total, chunk):
-        yield off, min(chunk, total - off)
 
 
 # --- note areas of the running kernel (for the elfcorehdr's PT_NOTEs) -------------------

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from kexec_py import abi
+from kexec_py.arch.x86 import bootparams, placement
 from kexec_py.backends import Backend
 from kexec_py.errors import FormatError, KexecError, PlanError, SyscallError, UnsupportedError
 from kexec_py.formats import bzimage
+from kexec_py.formats.elfstruct import EI_DATA, ELFCLASS64, ELFDATA2MSB, ELFMAG, ET_CORE, layout
 from kexec_py.plan import Plan
 from kexec_py.ranges import MemRegion, Range, window
 from kexec_py.segments import Layout, Segment, check_segments
@@ -175,9 +177,10 @@ def map_file(path: Path, what: str) -> MappedFile:
 def image_kind(data: memoryview | bytes) -> str:
     """"bzImage", "elf-kernel", "elf-core" or "unknown", from magic numbers
     only (no pyelftools import)."""
-    if len(data) >= 18 and bytes(data[:4]) == b"\x7fELF":
-        e_type = int.from_bytes(bytes(data[16:18]), "little" if data[5] != 2 else "big")
-        return "elf-core" if e_type == 4 else "elf-kernel"
+    if len(data) >= 18 and bytes(data[:4]) == ELFMAG:
+        # e_type is at the same offset in both classes
+        lay = layout(ELFCLASS64, data[EI_DATA] != ELFDATA2MSB)
+        return "elf-core" if lay.ehdr.get(data, "e_type") == ET_CORE else "elf-kernel"
     if bzimage.probe(data):
         return "bzImage"
     return "unknown"
@@ -235,7 +238,7 @@ def kernel_segments(kernel: MappedFile, initrd: MappedFile | None,
     Pure but for the imports: the memory map, the running boot_params and
     the RNG seed come in as arguments.  Post-conditions: the segments are
     sorted by address, page aligned, inside System RAM and the window, and
-    disjoint; the entry is our stub (:mod:`kexec_py.purgatory`).  Packing
+    disjoint; the entry is our stub (:mod:`kexec_py.arch.x86.entry`).  Packing
     them into calls is a separate step (:func:`pack_plan`, or the staged
     planner).
     """
@@ -257,17 +260,17 @@ def kernel_segments(kernel: MappedFile, initrd: MappedFile | None,
     if kind == "unknown":
         raise FormatError(f"{name} is neither a bzImage nor an ELF file",
                           "give an x86_64 bzImage (/boot/vmlinuz-*) or an ELF vmlinux")
-    ram = bzimage.placement_ram(memmap)
+    ram = placement.placement_ram(memmap)
     if not ram:
         raise PlanError("the memory map has no System RAM", "check the memory map (--root)")
     within = placement_window(opts.mem_min, opts.mem_max)
     layout = Layout(ram, within)
-    boot = bzimage.LinuxBoot(b"", opts.cmdline.encode(), memmap,
-                             initrd.data if initrd is not None else None,
-                             opts.running_boot_params, opts.rng_seed, opts.preserve_context)
+    boot = placement.LinuxBoot(b"", opts.cmdline.encode(), memmap,
+                               initrd.data if initrd is not None else None,
+                               opts.running_boot_params, opts.rng_seed, opts.preserve_context)
     if kind == "bzImage":
         img = bzimage.parse(kernel.data, name)
-        segs, entry, notes = bzimage.plan(img, boot, layout)
+        segs, entry, notes = placement.plan(img, boot, layout)
     else:
         boot.header = bzimage.synth_header()
         segs, entry, notes = plan_vmlinux(kernel, boot, layout)
@@ -284,7 +287,7 @@ def kernel_segments(kernel: MappedFile, initrd: MappedFile | None,
     return segs, entry, notes
 
 
-def plan_vmlinux(kernel: MappedFile, boot: bzimage.LinuxBoot, layout: Layout,
+def plan_vmlinux(kernel: MappedFile, boot: placement.LinuxBoot, layout: Layout,
                  ) -> tuple[list[Segment], int, list[str]]:
     """An x86_64 ELF vmlinux: each PT_LOAD at its p_paddr, then the stub and
     boot_params (a synthesized header) as for a bzImage, entering at the
@@ -297,10 +300,10 @@ def plan_vmlinux(kernel: MappedFile, boot: bzimage.LinuxBoot, layout: Layout,
     for s in segs:
         layout.take(Range(s.mem, s.end), s.name)
     boot.check_cmdline("the kernel")
-    res = bzimage.reserve_entry(layout, boot)
-    initrd = bzimage.place_initrd(layout, boot)
+    res = placement.reserve_entry(layout, boot)
+    initrd = placement.place_initrd(layout, boot)
     entry64 = img.physical_entry()
-    segs += bzimage.finish_entry(res, boot, entry64, initrd)
+    segs += placement.finish_entry(res, boot, entry64, initrd)
     if initrd is not None:
         segs.append(initrd)
     notes = [f"ELF{img.bits} vmlinux: {len(img.loads)} PT_LOAD(s) at their physical "
@@ -359,7 +362,7 @@ def plan_kexec_load(backend: Backend, req: LoadRequest, rng_seed: bytes | None =
         notes.append(f"--entry {req.entry:#x} replaces the entry stub at {entry:#x}: the "
                      "stub is loaded but nothing jumps to it")
         entry = req.entry
-    ram = bzimage.ram_bytes(memmap)
+    ram = placement.ram_bytes(memmap)
     if req.preserve_context:
         total = sum(s.memsz for s in segs)
         if total > ram // 2:
@@ -447,7 +450,7 @@ def load(backend: Backend, req: LoadRequest) -> LoadResult:
                 raise UnsupportedError(
                     f"{e.message}; kexec-py cannot fall back to kexec_load for a crash kernel",
                     e.hint) from None
-    plan = plan_kexec_load(backend, req, os.urandom(bzimage.RNG_SEED_SIZE))
+    plan = plan_kexec_load(backend, req, os.urandom(bootparams.RNG_SEED_SIZE))
     call = plan.calls[0]
     backend.kexec_load(plan.entry, call.segments, call.flags)
     return LoadResult("kexec_load", call.flags, str(req.kernel),

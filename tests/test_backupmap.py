@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from kexec_py import backupmap as bm
 from kexec_py.errors import PlanError, ProcfsError
-from kexec_py.formats.vmcore import KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP, parse_notes
+from kexec_py.formats.notes import parse_notes
+from kexec_py.formats.vmcore import KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP
 from kexec_py.procfs import PageMap, format_pgmap, parse_pgmap
 from kexec_py.ranges import MemRegion, Range, merge
 from kexec_py.segments import Segment

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from fakeroot import QEMU_MEMMAP, make_root
 from kernelgen import iomem_for, make_bzimage, write
 
+from kexec_py.arch.x86 import bootparams, placement
 from kexec_py.cli import cli, run
 from kexec_py.errors import FormatError, PlanError
 from kexec_py.formats import bzimage as bz
@@ -187,10 +188,10 @@ def _u(buf: bytes, off: int, fmt: str) -> int:
 def test_boot_params_fields() -> None:
     img = bz.parse(make_bzimage(), "k")
     mm = memmap()
-    block = bz.SetupBlock(b"console=ttyS0", None, 0, False)
+    block = bootparams.SetupBlock(b"console=ttyS0", None, 0, False)
     base = 0x1FFDD000
-    buf = bytes(bz.build_setup_block(block, base, img.header_bytes(), bz.e820_table(mm),
-                                     (0x1A247000, 0x1DB8C00)))
+    buf = bytes(bootparams.build_setup_block(block, base, img.header_bytes(),
+                                             bootparams.e820_table(mm), (0x1A247000, 0x1DB8C00)))
     assert len(buf) == block.size
     # the header, copied; then what a boot loader fills in
     want = bytearray(img.header_bytes())
@@ -216,10 +217,10 @@ def test_boot_params_fields() -> None:
 
 def test_boot_params_above_4g_use_the_ext_fields() -> None:
     img = bz.parse(make_bzimage(), "k")
-    block = bz.SetupBlock(b"", None, 0, False)
+    block = bootparams.SetupBlock(b"", None, 0, False)
     base = 0x63FFF1000
-    buf = bytes(bz.build_setup_block(block, base, img.header_bytes(), [],
-                                     (0x63A247000, 0x1_2345_6000)))
+    buf = bytes(bootparams.build_setup_block(block, base, img.header_bytes(), [],
+                                             (0x63A247000, 0x1_2345_6000)))
     assert _u(buf, 0x228, "<I") == (base + 4096) & 0xFFFFFFFF and _u(buf, 0xC8, "<I") == 6
     assert _u(buf, 0x218, "<I") == 0x3A247000 and _u(buf, 0xC0, "<I") == 6
     assert _u(buf, 0x21C, "<I") == 0x23456000 and _u(buf, 0xC4, "<I") == 1
@@ -228,14 +229,14 @@ def test_boot_params_above_4g_use_the_ext_fields() -> None:
 def test_boot_params_setup_data_chain_and_e820_ext() -> None:
     img = bz.parse(make_bzimage(), "k")
     entries = [(0x100000 * i, 0x80000, 1 + i % 2) for i in range(130)]
-    block = bz.SetupBlock(b"quiet", bytes(range(32)), 2, True)
+    block = bootparams.SetupBlock(b"quiet", bytes(range(32)), 2, True)
     base = 0x10000000
     running = bytearray(4096)
     running[0:0x40] = b"S" * 0x40
     running[0x70:0x78] = struct.pack("<Q", 0xF5A80)
     running[0x23C:0x240] = struct.pack("<I", 0)
-    buf = bytes(bz.build_setup_block(block, base, img.header_bytes(), entries, None,
-                                     bytes(running)))
+    buf = bytes(bootparams.build_setup_block(block, base, img.header_bytes(), entries, None,
+                                             bytes(running)))
     assert buf[0x1E8] == 128
     assert buf[0:0x40] == b"S" * 0x40 and _u(buf, 0x70, "<Q") == 0xF5A80
     assert _u(buf, 0x218, "<I") == 0 and _u(buf, 0x21C, "<I") == 0  # no initrd
@@ -251,7 +252,7 @@ def test_boot_params_setup_data_chain_and_e820_ext() -> None:
         nxt, kind, ln = struct.unpack_from("<QII", buf, off)
         seen.append((kind, bytes(buf[off + 16:off + 16 + ln])))
         ptr = nxt
-    assert [k for k, _ in seen] == [bz.SETUP_RNG_SEED, bz.SETUP_E820_EXT]
+    assert [k for k, _ in seen] == [bootparams.SETUP_RNG_SEED, bootparams.SETUP_E820_EXT]
     assert seen[0][1] == bytes(range(32))
     assert seen[1][1] == b"".join(struct.pack("<QQI", *e) for e in entries[128:])
 
@@ -266,19 +267,19 @@ def test_e820_table_kinds() -> None:
           MemRegion(Range(0x1FFE0000, 0x20000000), "ACPI Tables"),
           MemRegion(Range(0x20000000, 0x20001000), "ACPI Non-volatile Storage"),
           MemRegion(Range(0x40000000, 0x80000000), "Persistent Memory")]
-    assert bz.e820_table(mm) == [(0, 0x9F000, 1), (0x9F000, 0x1000, 2),
-                                 (0x100000, 0x1FEE0000, 1), (0x1FFE0000, 0x20000, 3),
-                                 (0x20000000, 0x1000, 4), (0x40000000, 0x40000000, 7)]
+    assert bootparams.e820_table(mm) == [(0, 0x9F000, 1), (0x9F000, 0x1000, 2),
+                                         (0x100000, 0x1FEE0000, 1), (0x1FFE0000, 0x20000, 3),
+                                         (0x20000000, 0x1000, 4), (0x40000000, 0x40000000, 7)]
 
 
 def test_synth_header_for_vmlinux() -> None:
     h = bz.synth_header()
     assert h[0x202 - 0x1F1:0x206 - 0x1F1] == b"HdrS"
-    assert _u(h, 0x206 - 0x1F1, "<H") == 0x020C and bz.cmdline_limit(h) == 2047
+    assert _u(h, 0x206 - 0x1F1, "<H") == 0x020C and bootparams.cmdline_limit(h) == 2047
     assert len(h) == 0x202 + h[0x201 - 0x1F1] - 0x1F1
 
 
-# --- placement (bz.plan) -----------------------------------------------------------
+# --- placement (placement.plan) ---------------------------------------------------
 
 
 def test_plan_places_like_kexec_tools_in_512m() -> None:
@@ -288,8 +289,8 @@ def test_plan_places_like_kexec_tools_in_512m() -> None:
     entry code at the top of RAM."""
     img = bz.parse(make_bzimage(init_size=0x3F98000), "k")
     initrd = bytes(0x79C000)
-    boot = bz.LinuxBoot(b"", b"console=ttyS0", memmap(), initrd, None, bytes(32))
-    segs, entry, notes = bz.plan(img, boot, Layout([r.range for r in memmap() if r.is_ram]))
+    boot = placement.LinuxBoot(b"", b"console=ttyS0", memmap(), initrd, None, bytes(32))
+    segs, entry, notes = placement.plan(img, boot, Layout([r.range for r in memmap() if r.is_ram]))
     by = {s.name: s for s in segs}
     assert by["kernel"].mem == 0x1C000000 and by["kernel"].memsz == 0x3F98000
     assert by["kernel"].bufsz == len(img.payload)
@@ -302,16 +303,16 @@ def test_plan_places_like_kexec_tools_in_512m() -> None:
 
 def test_plan_refuses_what_check_loadable_refuses() -> None:
     img = bz.parse(make_bzimage(xloadflags=0), "k")
-    boot = bz.LinuxBoot(b"", b"", memmap())
+    boot = placement.LinuxBoot(b"", b"", memmap())
     with pytest.raises(FormatError, match="lacks XLF_KERNEL_64"):
-        bz.plan(img, boot, Layout([r.range for r in memmap() if r.is_ram]))
+        placement.plan(img, boot, Layout([r.range for r in memmap() if r.is_ram]))
 
 
 def test_plan_refuses_a_nul_in_the_command_line() -> None:
     img = bz.parse(make_bzimage(), "k")
-    boot = bz.LinuxBoot(b"", b"a\0b", memmap())
+    boot = placement.LinuxBoot(b"", b"a\0b", memmap())
     with pytest.raises(PlanError, match="NUL"):
-        bz.plan(img, boot, Layout([r.range for r in memmap() if r.is_ram]))
+        placement.plan(img, boot, Layout([r.range for r in memmap() if r.is_ram]))
 
 
 def test_cli_inspect_of_a_synthesized_bzimage(tmp_path: Path, root: Path) -> None:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from kexec_py.formats.corewriter import PN_XNUM, CoreLoad, note_bytes, write_core
+from kexec_py.formats.corewriter import CoreLoad, write_core
+from kexec_py.formats.elfstruct import PN_XNUM
+from kexec_py.formats.notes import note_bytes
 from kexec_py.formats.vmcore import open_core
 
 

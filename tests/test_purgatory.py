@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kexec_py import purgatory
+from kexec_py.arch.x86 import entry as purgatory
 
 VALUES = [(0x1FFDD000, 0x1C000200, 0), (0x63FFF1000, 0x63C000200, 0x63FFF2040),
           (0xFFFFFFFFFFFFF000, 0x1234, 0x8000000000000000)]

@@ -10,6 +10,7 @@ Layout written::
     Elf64_Shdr (only with more than 65534 program headers: e_phnum is
                 PN_XNUM and the real count is in section 0's sh_info)
     notes                           Elf64_Nhdr + name + desc, 4-byte aligned
+                                    (formats/notes.py)
     load data                       each load at an offset aligned to
                                     ``data_align`` (a page), back to back
 
@@ -18,6 +19,8 @@ is sparse-aware: each load's ``chunks()`` yields only the pieces that hold
 data; the gaps become holes in the file (a seek) and read as zeros, so a
 mostly-empty 4 GiB memory image costs what it holds.  On an output that
 cannot seek (a pipe) the gaps are written as zeros.
+
+The structures are :data:`kexec_py.formats.elfstruct.ELF64LE`'s.
 
 The API is general (``kexec-py dump-memory`` and saving hibernation images
 use it; a path is written mode 0600, atomically, never through a symlink)::
@@ -29,28 +32,28 @@ use it; a path is written mode 0600, atomically, never through a symlink)::
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from kexec_py.abi import PAGE_SIZE
+from kexec_py.formats.elfstruct import (
+    ELF64LE,
+    EM_X86_64,
+    ET_CORE,
+    EV_CURRENT,
+    PF_R,
+    PF_W,
+    PF_X,
+    PN_XNUM,
+    PT_LOAD,
+    PT_NOTE,
+    SHT_NULL,
+)
+from kexec_py.formats.notes import note_bytes
 from kexec_py.safefile import private_output
 from kexec_py.segments import Buffer
-
-EM_X86_64 = 62
-ET_CORE = 4
-PT_LOAD = 1
-PT_NOTE = 4
-PF_X, PF_W, PF_R = 1, 2, 4
-PN_XNUM = 0xFFFF
-SHT_NULL = 0
-
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-PHDR = struct.Struct("<IIQQQQQQ")
-SHDR = struct.Struct("<IIQQQQIIQQ")
-NHDR = struct.Struct("<III")
 
 _ZEROS = bytes(1 << 20)
 
@@ -82,15 +85,6 @@ class CoreStats:
     file_size: int
     data_bytes: int
     loads: int
-
-
-def note_bytes(name: bytes | str, ntype: int, desc: bytes) -> bytes:
-    """One ELF note: Elf64_Nhdr, the name with its NUL, the descriptor,
-    each padded to 4 bytes."""
-    n = (name.encode() if isinstance(name, str) else name) + b"\0"
-    pad_n = -len(n) % 4
-    pad_d = -len(desc) % 4
-    return NHDR.pack(len(n), len(desc), ntype) + n + bytes(pad_n) + desc + bytes(pad_d)
 
 
 def _align(x: int, a: int) -> int:
@@ -147,13 +141,14 @@ def write_core(dest: str | os.PathLike[str] | BinaryIO, loads: Iterable[CoreLoad
     ELF reader gives every load's bytes at ``p_offset`` (zeros where its
     chunks left gaps) and the notes in one PT_NOTE.
     """
+    eh, ph, sh = ELF64LE.ehdr, ELF64LE.phdr, ELF64LE.shdr
     items = list(loads)
     note_blob = b"".join(note_bytes(n, t, d) for n, t, d in notes)
     phnum = len(items) + (1 if note_blob else 0)
     extnum = phnum >= PN_XNUM
-    ph_off = EHDR.size
-    sh_off = ph_off + PHDR.size * phnum if extnum else 0
-    note_off = ph_off + PHDR.size * phnum + (SHDR.size if extnum else 0)
+    ph_off = eh.size
+    sh_off = ph_off + ph.size * phnum if extnum else 0
+    note_off = ph_off + ph.size * phnum + (sh.size if extnum else 0)
     cur = note_off + len(note_blob)
     offsets: list[int] = []
     for ld in items:
@@ -165,17 +160,17 @@ def write_core(dest: str | os.PathLike[str] | BinaryIO, loads: Iterable[CoreLoad
         cur += fs
     total = cur
 
-    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
-    head = [EHDR.pack(ident, ET_CORE, machine, 1, 0, ph_off, sh_off, 0, EHDR.size,
-                      PHDR.size, PN_XNUM if extnum else phnum,
-                      SHDR.size if extnum else 0, 1 if extnum else 0, 0)]
+    head = [eh.pack(ELF64LE.ident(), ET_CORE, machine, EV_CURRENT, 0, ph_off, sh_off, 0,
+                    eh.size, ph.size, PN_XNUM if extnum else phnum,
+                    sh.size if extnum else 0, 1 if extnum else 0, 0)]
     if note_blob:
-        head.append(PHDR.pack(PT_NOTE, 0, note_off, 0, 0, len(note_blob), len(note_blob), 0))
+        head.append(ph.pack(PT_NOTE, 0, note_off, 0, 0, len(note_blob), len(note_blob), 0))
+    pack = ph.pack
     for ld, off in zip(items, offsets, strict=True):
         fs = ld.size if ld.filesz is None else ld.filesz
-        head.append(PHDR.pack(PT_LOAD, ld.flags, off, ld.vaddr, ld.paddr, fs, ld.size, 0))
+        head.append(pack(PT_LOAD, ld.flags, off, ld.vaddr, ld.paddr, fs, ld.size, 0))
     if extnum:
-        head.append(SHDR.pack(0, SHT_NULL, 0, 0, 0, 1, 0, phnum, 0, 0))
+        head.append(sh.pack(0, SHT_NULL, 0, 0, 0, 1, 0, phnum, 0, 0))
     head.append(note_blob)
 
     def stream(f: BinaryIO) -> CoreStats:

@@ -5,9 +5,10 @@ exceptions in :class:`FormatError`.
 pyelftools reads and checks the ELF header (class, byte order, type,
 machine, ``e_phnum`` including the ``PN_XNUM`` escape through section 0).
 The program-header table is then decoded with one ``struct.iter_unpack``
-over the mapping: pyelftools' ``iter_segments()`` costs ~0.9 s for 100,000
-headers, the struct pass ~0.1 s (measured on a 2-core x86_64 machine;
-bench/bench_resume.py times a load of that size).
+over the mapping, with the ``Elf{32,64}_Phdr`` of
+:mod:`~kexec_py.formats.elfstruct`: pyelftools' ``iter_segments()`` costs
+~0.9 s for 100,000 headers, the struct pass ~0.1 s (measured on a 2-core
+x86_64 machine; bench/bench_resume.py times a load of that size).
 
 Every ``PT_LOAD`` becomes a segment at its *physical* address ``p_paddr``:
 ``p_filesz`` bytes from the file, the rest of ``p_memsz`` zero.  kexec
@@ -21,26 +22,32 @@ PT_LOADs, needs zeros the file does not have).
 from __future__ import annotations
 
 import io
+import itertools
+import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
 from kexec_py.errors import FormatError
+from kexec_py.formats.elfstruct import (
+    ELFCLASS32,
+    ELFCLASS64,
+    ELFMAG,
+    EM_386,
+    EM_X86_64,
+    ET_CORE,
+    ET_DYN,
+    ET_EXEC,
+    ET_NAMES,
+    PT_LOAD,
+    layout,
+)
 from kexec_py.segments import Buffer, Segment, page_align_down, page_align_up
 
-ELF_MAGIC = b"\x7fELF"
-ET_NONE, ET_REL, ET_EXEC, ET_DYN, ET_CORE = 0, 1, 2, 3, 4
-PT_LOAD, PT_NOTE = 1, 4
-EM_386, EM_X86_64, EM_AARCH64 = 3, 62, 183
-PN_XNUM = 0xFFFF
-
-_TYPE_NAMES = {ET_NONE: "ET_NONE", ET_REL: "ET_REL", ET_EXEC: "ET_EXEC", ET_DYN: "ET_DYN",
-               ET_CORE: "ET_CORE"}
-_PHDR = {  # (class, little-endian) -> format of Elf{32,64}_Phdr, fields renamed below
-    (64, True): "<IIQQQQQQ", (64, False): ">IIQQQQQQ",
-    (32, True): "<IIIIIIII", (32, False): ">IIIIIIII",
-}
+#: ProgramHeader's fields, in its order (Elf64_Phdr's)
+_PH_FIELDS = ("p_type", "p_flags", "p_offset", "p_vaddr", "p_paddr", "p_filesz", "p_memsz",
+              "p_align")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +92,7 @@ class ElfImage:
 
     @property
     def type_name(self) -> str:
-        return _TYPE_NAMES.get(self.type, f"{self.type:#x}")
+        return ET_NAMES.get(self.type, f"{self.type:#x}")
 
     @property
     def is_core(self) -> bool:
@@ -150,7 +157,7 @@ class _ViewStream(io.RawIOBase):
 
 
 def probe(data: Buffer) -> bool:
-    return len(data) >= 4 and bytes(data[:4]) == ELF_MAGIC
+    return len(data) >= 4 and bytes(data[:4]) == ELFMAG
 
 
 def parse(data: Buffer, name: str = "image") -> ElfImage:
@@ -176,8 +183,9 @@ def parse(data: Buffer, name: str = "image") -> ElfImage:
             "shoff": int(h["e_shoff"]), "shnum": int(h["e_shnum"]),
             "flags": int(h["e_flags"]),
         }
-        e_type_raw = struct.unpack_from("<H" if little else ">H", data, 16)[0]
-        e_machine_raw = struct.unpack_from("<H" if little else ">H", data, 18)[0]
+        lay = layout(ELFCLASS64 if bits == 64 else ELFCLASS32, little)
+        e_type_raw = lay.ehdr.get(data, "e_type")
+        e_machine_raw = lay.ehdr.get(data, "e_machine")
     except ELFError as e:
         raise FormatError(f"{name}: not a valid ELF file: {e}",
                           "the file is damaged or truncated") from None
@@ -186,8 +194,8 @@ def parse(data: Buffer, name: str = "image") -> ElfImage:
                           "the file is damaged or truncated") from None
     finally:
         stream.close()
-    fmt = _PHDR[(bits, little)]
-    size = struct.calcsize(fmt)
+    ph = lay.phdr
+    size = ph.size
     phoff = hdr["phoff"]
     if phnum and hdr["phentsize"] != size:
         raise FormatError(f"{name}: e_phentsize is {hdr['phentsize']}, ELF{bits} program "
@@ -198,13 +206,11 @@ def parse(data: Buffer, name: str = "image") -> ElfImage:
             f"{phoff + phnum * size:#x}, the file is {len(data):#x} bytes",
             "copy the image again; the file is incomplete")
     table = memoryview(data)[phoff:phoff + phnum * size]
-    phdrs: list[ProgramHeader] = []
-    for t in struct.iter_unpack(fmt, table):
-        if bits == 64:
-            ptype, flags, off, va, pa, fsz, msz, align = t
-        else:
-            ptype, off, va, pa, fsz, msz, flags, align = t
-        phdrs.append(ProgramHeader(ptype, flags, off, va, pa, fsz, msz, align))
+    rows: Iterator[tuple[int, ...]] = ph.iter_unpack(table)
+    order = [ph.index(f) for f in _PH_FIELDS]
+    if order != list(range(len(order))):  # Elf32_Phdr: p_flags is seventh
+        rows = map(operator.itemgetter(*order), rows)
+    phdrs = list(itertools.starmap(ProgramHeader, rows))
     img = ElfImage(data, name, bits, little, e_type_raw, e_machine_raw, hdr["machine"],
                    hdr["entry"], phdrs, hdr)
     check_loads(img)

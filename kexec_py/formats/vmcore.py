@@ -10,10 +10,12 @@ Resuming loads every PT_LOAD at its ``p_paddr``.
 Images can have 100,000+ PT_LOADs and several GiB, so this reader never
 builds per-byte Python objects: the file is mmap'd once, the program-header
 table is decoded column by column with :mod:`array` (one C-level pass per
-field, no per-header ``struct.unpack``), and segment buffers are
+field, no per-header ``struct.unpack``; the fields' offsets and sizes come
+from :mod:`~kexec_py.formats.elfstruct`), and segment buffers are
 memoryview slices of the mmap.  pyelftools is not used here: its
 ``iter_segments()`` takes ~0.9 s for 100,000 headers where this takes a
-few tens of ms (bench/bench_resume.py).
+few tens of ms (bench/bench_resume.py).  Notes are read with
+:mod:`~kexec_py.formats.notes`.
 
 kexec-py's own note (name ``KEXEC_PY``), in the image's byte order:
 
@@ -41,23 +43,29 @@ from pathlib import Path
 
 from kexec_py.abi import PAGE_SIZE
 from kexec_py.errors import FormatError
+from kexec_py.formats.elfstruct import (
+    EI_CLASS,
+    EI_DATA,
+    EI_NIDENT,
+    EI_VERSION,
+    ELFCLASS32,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    ELFDATA2MSB,
+    ELFMAG,
+    ET_CORE,
+    ET_DYN,
+    ET_EXEC,
+    ET_REL,
+    EV_CURRENT,
+    PN_XNUM,
+    PT_LOAD,
+    PT_NOTE,
+    ElfLayout,
+    layout,
+)
+from kexec_py.formats.notes import Note, note_bytes, parse_notes
 from kexec_py.segments import Segment
-
-# --- ELF constants (include/uapi/linux/elf.h) ---------------------------------
-
-ELFMAG = b"\x7fELF"
-ELFCLASS32, ELFCLASS64 = 1, 2
-ELFDATA2LSB, ELFDATA2MSB = 1, 2
-EV_CURRENT = 1
-ET_REL, ET_EXEC, ET_DYN, ET_CORE = 1, 2, 3, 4
-PT_NULL, PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_NOTE = 0, 1, 2, 3, 4
-PN_XNUM = 0xFFFF
-EM_386, EM_X86_64, EM_AARCH64 = 3, 62, 183
-
-#: sizes of Elf{32,64}_Ehdr and Elf{32,64}_Phdr
-EHDR_SIZE = {ELFCLASS32: 52, ELFCLASS64: 64}
-PHDR_SIZE = {ELFCLASS32: 32, ELFCLASS64: 56}
-SHDR_SIZE = {ELFCLASS32: 40, ELFCLASS64: 64}
 
 #: the note kexec-py adds to images it writes
 KEXEC_PY_NOTE = "KEXEC_PY"
@@ -71,20 +79,6 @@ MAX_PROGRAM_HEADERS = 1 << 24
 
 _E_TYPES = {ET_REL: "a relocatable object", ET_EXEC: "an executable",
             ET_DYN: "a shared object (or PIE kernel)"}
-
-#: the fields of the ELF header after e_ident, per class, in spec order:
-#: e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize
-#: e_phentsize e_phnum e_shentsize e_shnum e_shstrndx
-_EHDR_FMT = {ELFCLASS32: "HHIIIIIHHHHHH", ELFCLASS64: "HHIQQQIHHHHHH"}
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """One ELF note: ``name`` without its NUL, ``type``, ``desc`` bytes."""
-
-    name: str
-    type: int
-    desc: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +128,6 @@ class LoadTable:
         return sum(self.filesz)
 
 
-def pad4(n: int) -> int:
-    return (n + 3) & ~3
-
-
 def _fail(name: str, what: str, hint: str = "") -> FormatError:
     return FormatError(f"{name}: {what}", hint or
                        "a hibernation image is an ELF core file as /proc/vmcore presents it "
@@ -163,12 +153,17 @@ class ElfHeader:
     phnum: int
 
     @property
+    def layout(self) -> ElfLayout:
+        """The structures of this file's class and byte order."""
+        return layout(self.elfclass, self.little)
+
+    @property
     def bits(self) -> int:
-        return 64 if self.elfclass == ELFCLASS64 else 32
+        return self.layout.bits
 
     @property
     def endian(self) -> str:
-        return "<" if self.little else ">"
+        return self.layout.endian
 
 
 def parse_header(buf: memoryview | bytes, size: int, name: str) -> ElfHeader:
@@ -179,8 +174,8 @@ def parse_header(buf: memoryview | bytes, size: int, name: str) -> ElfHeader:
     """
     if size < 16 or bytes(buf[:4]) != ELFMAG:
         raise _fail(name, "is not an ELF file (no \\x7fELF magic)")
-    ident = bytes(buf[:16])
-    cls, data, ver = ident[4], ident[5], ident[6]
+    ident = bytes(buf[:EI_NIDENT])
+    cls, data, ver = ident[EI_CLASS], ident[EI_DATA], ident[EI_VERSION]
     if cls not in (ELFCLASS32, ELFCLASS64):
         raise _fail(name, f"has an unknown ELF class {cls} (EI_CLASS must be 1 or 2)")
     if data not in (ELFDATA2LSB, ELFDATA2MSB):
@@ -188,12 +183,12 @@ def parse_header(buf: memoryview | bytes, size: int, name: str) -> ElfHeader:
     if ver != EV_CURRENT:
         raise _fail(name, f"has ELF version {ver} (EI_VERSION must be 1)")
     little = data == ELFDATA2LSB
-    e = "<" if little else ">"
-    ehsize = EHDR_SIZE[cls]
+    lay = layout(cls, little)
+    ehsize = lay.ehdr.size
     if size < ehsize:
         raise _fail(name, f"is truncated: {size} bytes, shorter than an ELF header ({ehsize})")
-    (e_type, machine, _version, entry, phoff, shoff, _flags, _ehsize, phentsize, phnum,
-     shentsize, shnum, _shstrndx) = struct.unpack_from(e + _EHDR_FMT[cls], buf, 16)
+    (_ident, e_type, machine, _version, entry, phoff, shoff, _flags, _ehsize, phentsize, phnum,
+     shentsize, shnum, _shstrndx) = lay.ehdr.unpack_from(buf, 0)
     if e_type != ET_CORE:
         what = _E_TYPES.get(e_type, f"of type {e_type}")
         raise _fail(name, f"is {what}, not a core file (e_type {e_type}, ET_CORE is 4)",
@@ -201,22 +196,21 @@ def parse_header(buf: memoryview | bytes, size: int, name: str) -> ElfHeader:
                     "/proc/vmcore ('kexec-py save-image')")
     if phnum == 0:
         raise _fail(name, "has no program headers (e_phnum 0): it describes no memory")
-    if phentsize != PHDR_SIZE[cls]:
-        raise _fail(name, f"has program headers of {phentsize} bytes; ELF{64 if cls == 2 else 32}"
-                          f" program headers are {PHDR_SIZE[cls]}")
+    if phentsize != lay.phdr.size:
+        raise _fail(name, f"has program headers of {phentsize} bytes; ELF{lay.bits}"
+                          f" program headers are {lay.phdr.size}")
     if phnum == PN_XNUM:
         # the real count is in section header 0's sh_info (ELF gABI, "Extended numbering")
         if shoff == 0:
             raise _fail(name, "says e_phnum = PN_XNUM (0xffff) but has no section header 0 "
                               "holding the real count")
-        if shentsize != SHDR_SIZE[cls]:
+        if shentsize != lay.shdr.size:
             raise _fail(name, f"has section headers of {shentsize} bytes; expected "
-                              f"{SHDR_SIZE[cls]}")
+                              f"{lay.shdr.size}")
         if shoff + shentsize > size:
             raise _fail(name, f"section header 0 at offset {shoff:#x} lies beyond the end of "
                               f"the file ({size:#x} bytes)")
-        # sh_info: offset 28 in Elf32_Shdr, 44 in Elf64_Shdr
-        (phnum,) = struct.unpack_from(e + "I", buf, shoff + (44 if cls == ELFCLASS64 else 28))
+        phnum = lay.shdr.get(buf, "sh_info", shoff)
         if phnum < PN_XNUM:
             raise _fail(name, f"says e_phnum = PN_XNUM but section 0 gives {phnum} headers "
                               "(extended numbering is only for 65535 or more)")
@@ -255,63 +249,37 @@ def _swap_if(a: array[int], little: bool) -> array[int]:
 def read_phdrs(buf: memoryview | bytes, hdr: ElfHeader) -> PhdrColumns:
     """Decode the program-header table without a Python object per header.
 
-    ELF64: ``p_type p_flags`` (two u32) then six u64 ``p_offset p_vaddr
-    p_paddr p_filesz p_memsz p_align`` -> 14 u32 or 7 u64 per entry, so one
-    ``array('I')`` and one ``array('Q')`` over the same bytes give every
-    field as a strided slice.  ELF32: eight u32 ``p_type p_offset p_vaddr
-    p_paddr p_filesz p_memsz p_flags p_align``.
+    Every field of ``Elf{32,64}_Phdr`` is a u32 or a u64 at an offset that
+    is a multiple of its size, so one ``array('I')`` and (ELF64) one
+    ``array('Q')`` over the same bytes give every field as a strided slice:
+    field at offset ``o`` of size ``k`` in entries of ``n`` bytes is
+    ``array[o // k::n // k]``.  Offsets and sizes are
+    :mod:`~kexec_py.formats.elfstruct`'s; u32 columns other than ``type``
+    are widened to ``array('Q')``.
     """
-    n = hdr.phnum
-    raw = buf[hdr.phoff:hdr.phoff + n * hdr.phentsize]
-    words = _swap_if(array("I", bytes(raw)), hdr.little)
-    if hdr.elfclass == ELFCLASS64:
-        q = _swap_if(array("Q", bytes(raw)), hdr.little)
-        return PhdrColumns(words[0::14], q[1::7], q[2::7], q[3::7], q[4::7], q[5::7])
-    return PhdrColumns(words[0::8], array("Q", words[1::8]), array("Q", words[2::8]),
-                       array("Q", words[3::8]), array("Q", words[4::8]),
-                       array("Q", words[5::8]))
+    ph = hdr.layout.phdr
+    raw = bytes(buf[hdr.phoff:hdr.phoff + hdr.phnum * hdr.phentsize])
+    by_code = {"I": _swap_if(array("I", raw), hdr.little)}
+    if "Q" in (ph.code(f) for f in ph.fields):
+        by_code["Q"] = _swap_if(array("Q", raw), hdr.little)
+
+    def column(field: str) -> array[int]:
+        a = by_code[ph.code(field)]
+        k = a.itemsize
+        col = a[ph.offset(field) // k::ph.size // k]
+        return col if col.typecode == "Q" or field == "p_type" else array("Q", col)
+
+    return PhdrColumns(column("p_type"), column("p_offset"), column("p_vaddr"),
+                       column("p_paddr"), column("p_filesz"), column("p_memsz"))
 
 
-# --- notes -----------------------------------------------------------------------
-
-
-def parse_notes(data: memoryview | bytes, little: bool, where: str) -> list[Note]:
-    """The notes of one PT_NOTE.  Elf32_Nhdr and Elf64_Nhdr are both three
-    u32 (``n_namesz n_descsz n_type``), name and desc padded to 4 bytes.
-    Like the kernel (``update_note_header_size_elf64``), a note with
-    ``n_namesz == 0`` ends the list."""
-    e = "<" if little else ">"
-    out: list[Note] = []
-    pos, end = 0, len(data)
-    while pos + 12 <= end:
-        namesz, descsz, ntype = struct.unpack_from(e + "III", data, pos)
-        if namesz == 0:
-            break
-        dpos = pos + 12 + pad4(namesz)
-        nxt = dpos + pad4(descsz)
-        if dpos + descsz > end:
-            raise FormatError(
-                f"{where}: note {len(out)} (n_namesz {namesz}, n_descsz {descsz}) runs past the "
-                f"end of its PT_NOTE ({end} bytes)", "the image is corrupt")
-        name = bytes(data[pos + 12:pos + 12 + namesz]).rstrip(b"\0").decode("ascii", "replace")
-        out.append(Note(name, ntype, bytes(data[dpos:dpos + descsz])))
-        pos = nxt
-    return out
-
-
-def pack_note(name: str, ntype: int, desc: bytes, little: bool = True) -> bytes:
-    """One note, padded: the inverse of :func:`parse_notes` for one entry."""
-    nm = name.encode("ascii") + b"\0"
-    e = "<" if little else ">"
-    return (struct.pack(e + "III", len(nm), len(desc), ntype)
-            + nm + b"\0" * (pad4(len(nm)) - len(nm))
-            + desc + b"\0" * (pad4(len(desc)) - len(desc)))
+# --- kexec-py's notes --------------------------------------------------------------
 
 
 def jump_back_note(entry: int, little: bool = True) -> bytes:
     """kexec-py's note recording the jump-back entry of a hibernated kernel."""
-    return pack_note(KEXEC_PY_NOTE, NT_KEXEC_PY_JUMP_BACK,
-                     struct.pack("<Q" if little else ">Q", entry), little)
+    return note_bytes(KEXEC_PY_NOTE, NT_KEXEC_PY_JUMP_BACK,
+                      struct.pack("<Q" if little else ">Q", entry), little)
 
 
 # --- PT_LOAD validation and coalescing --------------------------------------------

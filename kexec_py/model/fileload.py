@@ -39,6 +39,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kexec_py.abi import PAGE_SIZE
+from kexec_py.arch.x86.bootparams import (
+    BOOT_PARAMS_SIZE,
+    E820_RESERVED,
+    E820_TYPES,
+    TYPE_OF_LOADER_KEXEC,
+    E820Entry,
+    put_e820,
+    set_cmd_line_ptr,
+    set_initrd,
+    write_param,
+)
+from kexec_py.formats.bzimage import (
+    BOOT_FLAG,
+    FIELDS,
+    HDRS_MAGIC,
+    HEADER_START,
+    LOADED_HIGH,
+    MIN_SIZE,
+    SECTOR,
+    STARTUP_64,
+    XLF_CAN_BE_LOADED_ABOVE_4G,
+    XLF_KERNEL_64,
+    read_field,
+    setup_header_end,
+    version_str,
+)
 from kexec_py.model.config import CRASH_KIND
 from kexec_py.model.kernel import KernelErr
 from kexec_py.ranges import MemRegion, Range, merge
@@ -49,19 +75,28 @@ MIN_BOOTPARAM_ADDR = 0x3000
 MIN_KERNEL_LOAD_ADDR = 0x100000
 MIN_INITRD_LOAD_ADDR = 0x1000000
 MAX_ELFCOREHDR_STR_LEN = 30
-BOOT_PARAMS_SIZE = 0x1000
 #: setup_data + efi_setup_data + setup_data + RNG seed (a BIOS machine has no EFI map)
 SETUP_DATA_ROOM = 16 + 96 + 16 + 32
 PURGATORY_MAGIC = b"KPY-PURGATORY\0\0\0"
-E820_TYPES = {"System RAM": 1, "Reserved": 2, "ACPI Tables": 3,
-              "ACPI Non-volatile Storage": 4, "Unusable memory": 5, "Persistent Memory": 7,
-              CRASH_KIND: 1}
-E820_MAX = 128
+#: the region kinds whose e820 type the model's kernel reports; it reports
+#: any other region (Persistent Memory (legacy) and Soft Reserved included)
+#: as Reserved
+E820_KINDS = frozenset({"System RAM", "Reserved", "ACPI Tables", "ACPI Non-volatile Storage",
+                        "Unusable memory", "Persistent Memory", CRASH_KIND})
 INT_MAX = (1 << 31) - 1
 
 
-def _u(buf: bytes | memoryview, off: int, size: int) -> int:
-    return int.from_bytes(buf[off:off + size], "little")
+def header_field(kernel: memoryview, name: str) -> int:
+    """The setup-header field ``name`` of the bzImage ``kernel``."""
+    return read_field(kernel, FIELDS[name])
+
+
+def e820_entries(regions: Sequence[MemRegion]) -> list[E820Entry]:
+    """The e820 table the model's kernel hands on: one entry per region, in
+    order, typed as the kernel knows it (no joining, unlike
+    :func:`kexec_py.arch.x86.bootparams.e820_table`, kexec-tools' rule)."""
+    return [(r.start, r.end - r.start,
+             E820_TYPES[r.kind] if r.kind in E820_KINDS else E820_RESERVED) for r in regions]
 
 
 class FileView:
@@ -109,22 +144,23 @@ class FileView:
 def probe(kernel: memoryview) -> None:
     """``bzImage64_probe``: ENOEXEC unless a 64-bit bzImage loadable above 4 GiB."""
     n = len(kernel)
-    if n < 2 * 512:
+    if n < MIN_SIZE:
         raise KernelErr(errno.ENOEXEC, "file is too short to be a bzImage")
-    if bytes(kernel[0x202:0x206]) != b"HdrS":
+    magic = FIELDS["header"]
+    if bytes(kernel[magic.offset:magic.end]) != HDRS_MAGIC:
         raise KernelErr(errno.ENOEXEC, "not a bzImage (no \"HdrS\" at 0x202)")
-    if _u(kernel, 0x1FE, 2) != 0xAA55:
+    if header_field(kernel, "boot_flag") != BOOT_FLAG:
         raise KernelErr(errno.ENOEXEC, "no x86 boot sector present (0x1fe is not 0xaa55)")
-    version = _u(kernel, 0x206, 2)
+    version = header_field(kernel, "version")
     if version < 0x020C:
-        raise KernelErr(errno.ENOEXEC, f"boot protocol {version >> 8}.{version & 0xff:02d}: "
+        raise KernelErr(errno.ENOEXEC, f"boot protocol {version_str(version)}: "
                                        "must be at least 2.12")
-    if not kernel[0x211] & 0x01:
+    if not header_field(kernel, "loadflags") & LOADED_HIGH:
         raise KernelErr(errno.ENOEXEC, "zImage, not a bzImage (LOADED_HIGH is not set)")
-    xlf = _u(kernel, 0x236, 2)
-    if not xlf & 0x1:
+    xlf = header_field(kernel, "xloadflags")
+    if not xlf & XLF_KERNEL_64:
         raise KernelErr(errno.ENOEXEC, "not a bzImage64: XLF_KERNEL_64 is not set")
-    if not xlf & 0x2:
+    if not xlf & XLF_CAN_BE_LOADED_ABOVE_4G:
         raise KernelErr(errno.ENOEXEC, "XLF_CAN_BE_LOADED_ABOVE_4G is not set")
 
 
@@ -166,13 +202,13 @@ def build(kernel: FileView, initrd: FileView | None, cmdline: bytes | None,
     ``crash`` is the crash region for a crash kernel (None: a normal load
     into System RAM)."""
     k = kernel.data
-    setup_sects = k[0x1F1] or 4
-    kern16 = (setup_sects + 1) * 512
+    setup_sects = header_field(k, "setup_sects") or 4
+    kern16 = (setup_sects + 1) * SECTOR
     if len(k) < kern16:
         raise KernelErr(errno.ENOEXEC, f"bzImage truncated: {len(k)} bytes, setup alone is "
                                        f"{kern16}")
     cmdline_len = 0 if cmdline is None else len(cmdline) + 1
-    cmdline_size = _u(k, 0x238, 4)
+    cmdline_size = header_field(k, "cmdline_size")
     if cmdline_len > cmdline_size:
         raise KernelErr(errno.EINVAL, f"kernel command line too long ({cmdline_len} bytes, "
                                       f"the kernel takes {cmdline_size})")
@@ -197,30 +233,25 @@ def build(kernel: FileView, initrd: FileView | None, cmdline: bytes | None,
     params_sz = (BOOT_PARAMS_SIZE + cmdline_len + MAX_ELFCOREHDR_STR_LEN + 15) & ~15
     bp_bufsz = params_sz + SETUP_DATA_ROOM
     bp = add(bp_bufsz, 16, MIN_BOOTPARAM_ADDR)
-    init_size = _u(k, 0x260, 4)
+    init_size = header_field(k, "init_size")
     # memsz is init_size (bufsz > memsz fails the segment check, as in the kernel)
     kmemsz = ((init_size or len(k) - kern16) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    kaddr = add(kmemsz, _u(k, 0x230, 4), MIN_KERNEL_LOAD_ADDR)
+    kaddr = add(kmemsz, header_field(k, "kernel_alignment"), MIN_KERNEL_LOAD_ADDR)
     iaddr = add(len(initrd), PAGE_SIZE, MIN_INITRD_LOAD_ADDR) if initrd is not None else 0
 
     params = bytearray(bp_bufsz)
-    hdr_end = min(0x202 + k[0x201], len(k), BOOT_PARAMS_SIZE)
-    params[0x1F1:hdr_end] = k[0x1F1:hdr_end]
+    hdr_end = min(setup_header_end(k), len(k), BOOT_PARAMS_SIZE)
+    params[HEADER_START:hdr_end] = k[HEADER_START:hdr_end]
     cptr = bp + BOOT_PARAMS_SIZE
     if cmdline:
         params[BOOT_PARAMS_SIZE:BOOT_PARAMS_SIZE + len(cmdline)] = cmdline
-    struct.pack_into("<I", params, 0x228, cptr & 0xFFFFFFFF)
-    struct.pack_into("<I", params, 0x0C8, cptr >> 32)
+    set_cmd_line_ptr(params, cptr)
     if initrd is not None:
-        struct.pack_into("<II", params, 0x218, iaddr & 0xFFFFFFFF, len(initrd) & 0xFFFFFFFF)
-        struct.pack_into("<II", params, 0x0C0, iaddr >> 32, len(initrd) >> 32)
-    params[0x210] = 0xD0  # type_of_loader: kexec
-    params[0x211] = 0  # loadflags
-    e820 = [(r.start, r.end - r.start, E820_TYPES.get(r.kind, 2)) for r in regions][:E820_MAX]
-    params[0x1E8] = len(e820)
-    for i, (a, size, typ) in enumerate(e820):
-        struct.pack_into("<QQI", params, 0x2D0 + 20 * i, a, size, typ)
-    purgatory = PURGATORY_MAGIC + struct.pack("<QQ", kaddr + 0x200, bp)
+        set_initrd(params, iaddr, len(initrd))
+    write_param(params, "type_of_loader", TYPE_OF_LOADER_KEXEC)
+    write_param(params, "loadflags", 0)
+    put_e820(params, e820_entries(regions))  # entries beyond 128 are dropped
+    purgatory = PURGATORY_MAGIC + struct.pack("<QQ", kaddr + STARTUP_64, bp)
 
     kbuf = kernel.view(kern16, len(k))
     segs = [
@@ -234,7 +265,7 @@ def build(kernel: FileView, initrd: FileView | None, cmdline: bytes | None,
                             len(initrd), initrd.data, "initrd"))
     info: dict[str, Any] = {
         "purgatory": purg, "boot_params": bp, "kernel": kaddr, "kernel_size": len(kbuf),
-        "init_size": init_size, "rip": kaddr + 0x200,
+        "init_size": init_size, "rip": kaddr + STARTUP_64,
         "initrd": iaddr if initrd is not None else None,
         "initrd_size": len(initrd) if initrd is not None else 0,
         "cmdline": (cmdline or b"").decode("utf-8", "replace"),

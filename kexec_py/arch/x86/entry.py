@@ -1,4 +1,4 @@
-"""Our entry stub: the few instructions between kexec and a 64-bit kernel.
+"""Our x86_64 entry stub: the few instructions between kexec and a 64-bit kernel.
 
 kexec-tools loads a "purgatory" (a relocatable ELF object, about 36 KiB of
 code and stack) that checks a SHA-256 digest of the segments and then sets
@@ -215,7 +215,7 @@ def assembly(boot_params: int = 0, kernel_entry: int = 0, jump_back_digits: int 
     set, so that ``as --64`` and ``objcopy -O binary -j .text`` reproduce
     :func:`build` byte for byte."""
     lines = [
-        "# kexec-py entry stub (kexec_py/purgatory.py): assemble with",
+        "# kexec-py entry stub (kexec_py/arch/x86/entry.py): assemble with",
         "#   as --64 -o stub.o stub.s && objcopy -O binary -j .text stub.o stub.bin",
         "        .code64",
         "        .text",
