@@ -86,10 +86,6 @@ class Stage(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
-    @classmethod
-    def from_label(cls, label: str) -> Stage:
-        return cls[label.upper()]
-
 
 def stage_flags(stage: Stage) -> int:
     return int(stage) << KEXEC_STAGE_SHIFT

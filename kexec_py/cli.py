@@ -314,7 +314,7 @@ def load(c: Ctx, kernel: Path, initrd: Path | None, append: str | None, reuse_cm
                              preserve_context=preserve_context, image_type=image_type)
     be = c.backend()
     if dry_run:
-        plan = loader.plan_load(be, req, bytes(32))
+        plan = loader.dry_run_plan(be, req, bytes(32))
         _print_plan(c, plan)
         return
     c.lock()

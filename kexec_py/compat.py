@@ -703,11 +703,6 @@ def _status(p: Plan, env: Env) -> int:
     return 1 if loaded else 0
 
 
-def _strerror(e: KexecError) -> str:
-    err = getattr(e, "errno", None)
-    return os.strerror(err) if isinstance(err, int) else e.message
-
-
 def _failed_call(what: str, e: KexecError) -> Failed:
     from kexec_py.errors import SyscallError
 

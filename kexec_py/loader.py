@@ -418,7 +418,7 @@ def choose_syscall(req: LoadRequest, kind: str) -> str:
     return "file"
 
 
-def plan_load(backend: Backend, req: LoadRequest, rng_seed: bytes | None = None) -> Plan:
+def dry_run_plan(backend: Backend, req: LoadRequest, rng_seed: bytes | None = None) -> Plan:
     """The plan of ``load`` for --dry-run: what would be called, nothing is."""
     kernel = map_file(req.kernel, "kernel")
     kind = image_kind(kernel.data)

@@ -9,7 +9,6 @@ this package knows which one it has.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,6 +111,3 @@ def has_cap_sys_boot(status_text: str | None) -> bool | None:
             return bool(int(line.split()[1], 16) >> 22 & 1)
     return None
 
-
-def effective_uid() -> int:
-    return os.geteuid()
