@@ -65,11 +65,9 @@ class Ctx:
         the rest of the command: it is released after the backend is
         closed, which is when the model backend saves its state."""
         if self._lock is None:
-            from kexec_py.lock import lock_for
+            from kexec_py.lock import take_lock
 
-            lk = lock_for(self.backend())
-            lk.acquire()
-            self._lock = lk
+            self._lock = take_lock(self.backend())
 
     def close(self) -> None:
         try:

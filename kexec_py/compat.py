@@ -521,11 +521,9 @@ class Env:
         if self._lock is not None:
             self._lock()
         elif self._held is None:
-            from kexec_py.lock import lock_for
+            from kexec_py.lock import take_lock
 
-            lk = lock_for(self.backend())
-            lk.acquire()
-            self._held = lk
+            self._held = take_lock(self.backend())
 
     def close(self) -> None:
         """Close the backend (the model saves its state), then drop the lock."""

@@ -52,7 +52,11 @@ class UnsupportedError(KexecError):
 
 
 class LockError(KexecError):
-    """Another kexec-py holds the load lock."""
+    """Another kexec-py holds the load lock, or its file cannot be used.
+    ``denied``: the file could not be opened or created for lack of
+    permission (a user who could not load anyway, usually)."""
+
+    denied = False
 
 
 class SyscallError(KexecError):

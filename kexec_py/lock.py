@@ -63,6 +63,29 @@ def lock_for(backend: Backend, wait: float = 0.0) -> LoadLock:
     return LoadLock(root, wait)
 
 
+def take_lock(backend: Backend, wait: float = 0.0) -> LoadLock:
+    """:func:`lock_for` ``backend``, acquired.  When the lock file is out of
+    reach for lack of permission and the kernel would refuse this process a
+    load too (:meth:`Backend.eperm_reasons`), the error says so and why: a
+    user without CAP_SYS_BOOT learns that, not only that /run is root's."""
+    lk = lock_for(backend, wait)
+    try:
+        lk.acquire()
+    except LockError as e:
+        if e.denied:
+            reasons = backend.eperm_reasons()
+            if reasons:
+                raise LockError(f"{e.message}; the kernel would refuse this process the load "
+                                "too (EPERM)", "; ".join(reasons)) from None
+        raise
+    return lk
+
+
+def _denied_or(e: OSError, err: LockError) -> LockError:
+    err.denied = e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    return err
+
+
 def _pid_line(text: str) -> bytes:
     return f"{text:>{PID_FIELD - 1}}\n".encode()
 
@@ -86,8 +109,9 @@ class LoadLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise LockError(f"cannot create {self.path.parent} for the lock file: {e.strerror}",
-                            "run as root, or give --root a writable directory") from None
+            raise _denied_or(e, LockError(
+                f"cannot create {self.path.parent} for the lock file: {e.strerror}",
+                "run as root, or give --root a writable directory")) from None
         for _ in range(5):
             try:  # a new file is ours
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -96,8 +120,9 @@ class LoadLock:
             except FileExistsError:
                 pass
             except OSError as e:
-                raise LockError(f"cannot create the lock file {self.path}: {e.strerror}",
-                                "run as root, or give --root a writable directory") from None
+                raise _denied_or(e, LockError(
+                    f"cannot create the lock file {self.path}: {e.strerror}",
+                    "run as root, or give --root a writable directory")) from None
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
                              | os.O_CLOEXEC)
@@ -110,8 +135,9 @@ class LoadLock:
                 if e.errno == errno.EISDIR:
                     raise LockError(f"the lock file {self.path} is not a regular file",
                                     _HINT_REMOVE) from None
-                raise LockError(f"cannot open the lock file {self.path}: {e.strerror}",
-                                "run as root, or give --root a writable directory") from None
+                raise _denied_or(e, LockError(
+                    f"cannot open the lock file {self.path}: {e.strerror}",
+                    "run as root, or give --root a writable directory")) from None
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 os.close(fd)

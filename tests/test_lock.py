@@ -13,6 +13,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kernelgen import make_bzimage, write
@@ -219,3 +220,36 @@ def test_the_pid_is_written_and_blanked_without_truncating(tmp_path: Path) -> No
         with pytest.raises(LockError, match=rf"another kexec-py \(pid {pid}\)"):
             LoadLock(tmp_path).acquire()
     assert p.read_text().strip() == ""
+
+
+def test_a_lock_out_of_reach_for_a_user_who_could_not_load_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user without CAP_SYS_BOOT cannot open /run/kexec-py.lock (root's):
+    the error names the lock and says the kernel would refuse the load too,
+    with the reasons as the hint (as the EPERM of a load would)."""
+    from kexec_py import lock as lockmod
+    from kexec_py.errors import LockError
+
+    class Backend:
+        name = "linux"
+        root = tmp_path
+
+        def eperm_reasons(self) -> list[str]:
+            return ["this process lacks CAP_SYS_BOOT: run as root"]
+
+    real_open = os.open
+
+    def denied(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
+        if str(path).endswith("kexec-py.lock"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(lockmod.os, "open", denied)
+    with pytest.raises(LockError) as ei:
+        lockmod.take_lock(Backend())  # type: ignore[arg-type]
+    assert "Permission denied" in ei.value.message and "EPERM" in ei.value.message
+    assert "CAP_SYS_BOOT" in ei.value.hint and "root" in ei.value.hint
+    Backend.eperm_reasons = lambda self: []  # type: ignore[method-assign]
+    with pytest.raises(LockError) as ei:
+        lockmod.take_lock(Backend())  # type: ignore[arg-type]
+    assert "EPERM" not in ei.value.message and "run as root" in ei.value.hint

@@ -79,6 +79,12 @@ class Backend(Protocol):
 
     def pgmap(self) -> PageMap: ...
 
+    def eperm_reasons(self) -> list[str]:
+        """Every reason this kernel would refuse this process a load with
+        EPERM (no CAP_SYS_BOOT, kexec_load_disabled, lockdown, load
+        limits); empty when none is known."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -290,6 +290,10 @@ class ModelBackend:
                 pass
         return procfs.read_text(self.root, rel)  # its error (or the text, this time)
 
+    def eperm_reasons(self) -> list[str]:
+        """Why the model would refuse this process a load with EPERM."""
+        return self._perm()[3]
+
     def _check_perm(self, call: CallText) -> None:
         ok, _, _, reasons = self._perm()
         if not ok:
