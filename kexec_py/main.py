@@ -76,6 +76,9 @@ class _State:
         self.first: int | None = None
         self.previous: dict[int, Any] = {}
         self.mask: set[int] | None = None
+        #: main() caught the Signalled (it reports it)
+        self.caught = False
+        self.unraisable: Any = None
 
 
 _st = _State()
@@ -90,8 +93,20 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Signalled(signum)
 
 
+def _unraisable(u: Any) -> None:
+    """A Signalled raised inside a callback whose exceptions Python ignores
+    (an import lock's weakref callback, a __del__) is not printed as a
+    traceback: it is recorded in ``_st.first``, and :func:`hold` acts on it
+    before the command changes anything."""
+    if isinstance(u.exc_value, Signalled):
+        return
+    (_st.unraisable or sys.__unraisablehook__)(u)
+
+
 def _install(restore_later: bool) -> None:
-    _st.held, _st.first = False, None
+    _st.held, _st.first, _st.caught = False, None, False
+    _st.unraisable = sys.unraisablehook
+    sys.unraisablehook = _unraisable
     if restore_later:
         _st.mask = set(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))
     for s in _SIGNALS:
@@ -106,6 +121,9 @@ def _install(restore_later: bool) -> None:
 
 def _uninstall() -> None:
     _st.installed = False
+    if _st.unraisable is not None:
+        sys.unraisablehook = _st.unraisable
+        _st.unraisable = None
     for s, h in _st.previous.items():
         if h is not None:
             _signal.signal(s, h)
@@ -126,6 +144,10 @@ def hold() -> None:
     # blocking runs the handlers of the signals that arrived already
     _signal.pthread_sigmask(_signal.SIG_BLOCK, _SIGNALS)
     _st.held = True
+    if _st.first is not None and not _st.caught:
+        # its Signalled was swallowed where Python ignores exceptions: act now,
+        # before the change
+        raise Signalled(_st.first)
 
 
 def release() -> None:
@@ -201,13 +223,16 @@ def main(argv: list[str] | None = None, prog: str | None = None, *,
             code = e.code
         hold()
     except Signalled as s:
+        _st.caught = True
         code = _interrupted(s.signum, argv, prog)
     except KeyboardInterrupt:  # SIGINT before the handler was in place
+        _st.caught = True
         code = _interrupted(int(_signal.SIGINT), argv, prog)
     except Exception as e:
         sig = signalled_by(e)
         if sig is None:
             raise
+        _st.caught = True
         code = _interrupted(sig.signum, argv, prog)
     finally:
         if argv is not None:
