@@ -557,15 +557,9 @@ def dump_memory(c: Ctx, file: Path) -> None:
     -l, gdb, crash, pyelftools).  Needs the model backend.
     """
     be = _model_of(c, "dump-memory")
-    existed = file.exists() or file.is_symlink()
-    try:
-        res = be.dump_memory(file)
-    except OSError as e:
-        raise KexecError(f"cannot write {file}: {e.strerror}", "check the path") from None
-    except BaseException:  # interrupted: no half-written core is left behind
-        if not existed:
-            file.unlink(missing_ok=True)
-        raise
+    # written to FILE.part and renamed (kexec_py.safefile.private_output): an
+    # error or a signal leaves no half-written core behind
+    res = be.dump_memory(file)
     hold()
     if c.json:
         emit_json(res)

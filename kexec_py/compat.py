@@ -512,9 +512,7 @@ class Env:
         case in which it may reach outside the backend (run this machine's
         shutdown, bring its network interfaces down) or, through the
         linux backend, change this machine's kernel."""
-        from pathlib import Path
-
-        return self.backend().name == "linux" and Path(self.root) == Path("/")
+        return self.backend().touches_host
 
     def lock(self) -> None:
         """Take the load lock (LockError when another kexec-py has it)."""
@@ -664,10 +662,10 @@ def _fence(env: Env) -> None:
     """The linux backend under another root reads that root's /proc and
     /sys, but its system calls (and shutdown) would change this machine's
     kernel: refuse, before any change."""
-    if env.touches_host() or env.backend().name != "linux":
+    why = env.backend().host_refusal()
+    if why is None:
         return
-    raise Failed(f"kexec: the root is {env.root}, not /: kexec-py changes the running kernel "
-                 "only at root /", EXIT_USAGE,
+    raise Failed(f"kexec: {why}", EXIT_USAGE,
                  hint="the linux backend would load into, unload from or reboot this "
                       "machine, not the one under that root; drop --root (KEXEC_PY_ROOT), or "
                       "try it on the model: --backend model (KEXEC_PY_BACKEND=model)")

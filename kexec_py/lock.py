@@ -50,17 +50,9 @@ def lock_path(root: Path | str) -> Path:
 
 
 def lock_for(backend: Backend, wait: float = 0.0) -> LoadLock:
-    """The load lock of what ``backend`` loads into: ROOT/run/kexec-py.lock,
-    or for a model backend at root / STATE.lock beside its state directory."""
-    root = Path(backend.root)
-    if backend.name == "model" and root == Path("/"):
-        from kexec_py.backends.model import ModelBackend
-
-        if isinstance(backend, ModelBackend) and backend.store is not None:
-            backend.store.ensure()  # the directories, checked as the model checks them
-            state = backend.store.path
-            return LoadLock(root, wait, path=state.with_name(state.name + ".lock"))
-    return LoadLock(root, wait)
+    """The load lock of what ``backend`` loads into (:meth:`Backend.lock_path`:
+    ROOT/run/kexec-py.lock, or STATE.lock for a model at root /)."""
+    return LoadLock(backend.root, wait, path=backend.lock_path())
 
 
 def take_lock(backend: Backend, wait: float = 0.0) -> LoadLock:

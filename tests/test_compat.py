@@ -24,6 +24,7 @@ from kexec_py import abi, compat, procfs, syscall
 from kexec_py.backends import Status
 from kexec_py.compat import Usage, decide, parse
 from kexec_py.errors import SyscallError
+from kexec_py.lock import lock_path
 from kexec_py.segments import Segment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +36,13 @@ class Recorder:
     errno it fails with."""
 
     name = "recorder"
+    touches_host = False
+
+    def host_refusal(self) -> str | None:
+        return None
+
+    def lock_path(self) -> Path:
+        return lock_path(self.root)
 
     def __init__(self, root: Path, loaded: bool = False, crash_loaded: bool = False,
                  fail: dict[str, int] | None = None) -> None:
@@ -397,6 +405,7 @@ class RunningKernel(Recorder):
     """A recorder that says it is the running kernel, at root /."""
 
     name = "linux"
+    touches_host = True
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(Path("/"), **kw)

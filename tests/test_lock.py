@@ -237,6 +237,9 @@ def test_a_lock_out_of_reach_for_a_user_who_could_not_load_says_why(
         def eperm_reasons(self) -> list[str]:
             return ["this process lacks CAP_SYS_BOOT: run as root"]
 
+        def lock_path(self) -> Path:
+            return lockmod.lock_path(tmp_path)
+
     real_open = os.open
 
     def denied(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:

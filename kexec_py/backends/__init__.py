@@ -59,6 +59,10 @@ class Backend(Protocol):
 
     name: str
     root: Path
+    #: whether this backend's system calls act on this machine's kernel
+    #: (the running kernel at root /): the only case in which kexec-py may
+    #: reach outside it (shutdown, network interfaces)
+    touches_host: bool
 
     def kexec_load(self, entry: int, segments: Sequence[Segment], flags: int) -> None: ...
 
@@ -78,6 +82,16 @@ class Backend(Protocol):
     def staged_supported(self) -> bool: ...
 
     def pgmap(self) -> PageMap: ...
+
+    def host_refusal(self) -> str | None:
+        """Why this backend refuses every call that would change a kernel
+        (the linux backend under a root other than /, whose calls would
+        reach this machine's kernel), or None."""
+        ...
+
+    def lock_path(self) -> Path:
+        """The load lock's file for what this backend loads into."""
+        ...
 
     def eperm_reasons(self) -> list[str]:
         """Every reason this kernel would refuse this process a load with

@@ -36,22 +36,26 @@ class LinuxBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.arch = abi.host_abi()
+        self.touches_host = Path(root) == Path("/")
 
-    @property
-    def touches_host(self) -> bool:
-        """Whether this backend is the running kernel (root ``/``), whose
-        system calls act on this machine."""
-        try:
-            return Path(self.root).resolve() == Path("/")
-        except OSError:
-            return False
+    def host_refusal(self) -> str | None:
+        if self.touches_host:
+            return None
+        return (f"the root is {self.root}, not /: kexec-py changes the running kernel only "
+                "at root /")
+
+    def lock_path(self) -> Path:
+        from kexec_py.lock import lock_path
+
+        return lock_path(self.root)
 
     def _host_only(self, call: str) -> None:
-        if not self.touches_host:
-            raise UnsupportedError(
-                f"{call} would act on this machine's kernel, and --root is {self.root}, not /: "
-                "nothing was called",
-                "drop --root to act on the running kernel, or use --backend model")
+        why = self.host_refusal()
+        if why is not None:
+            raise UnsupportedError(f"{call} would act on this machine's kernel, and {why}: "
+                                   "nothing was called",
+                                   "drop --root to act on the running kernel, or use "
+                                   "--backend model")
 
     # --- why EPERM ------------------------------------------------------------
 

@@ -290,6 +290,24 @@ class ModelBackend:
                 pass
         return procfs.read_text(self.root, rel)  # its error (or the text, this time)
 
+    #: the model never acts on this machine's kernel
+    touches_host = False
+
+    def host_refusal(self) -> str | None:
+        return None
+
+    def lock_path(self) -> Path:
+        """ROOT/run/kexec-py.lock with --root; at root / (a model of the
+        user's own, whose state is per user) STATE.lock beside the state
+        directory, outside it: its contents are the model's."""
+        from kexec_py.lock import lock_path
+
+        if Path(self.root) != Path("/") or self.store is None:
+            return lock_path(self.root)
+        self.store.ensure()  # the directories, checked as the model checks them
+        state = self.store.path
+        return state.with_name(state.name + ".lock")
+
     def eperm_reasons(self) -> list[str]:
         """Why the model would refuse this process a load with EPERM."""
         return self._perm()[3]
