@@ -44,17 +44,14 @@ from kexec_py.backends import Backend
 from kexec_py.backupmap import NoteArea, WindowLayout
 from kexec_py.errors import FormatError, KexecError, PlanError, ProcfsError, UnsupportedError
 from kexec_py.formats.elfstruct import (
-    EI_CLASS,
-    EI_DATA,
     ELF64LE,
     ELFCLASS32,
-    ELFCLASS64,
-    ELFDATA2MSB,
     ELFMAG,
     PN_XNUM,
     PT_LOAD,
     PT_NOTE,
     layout,
+    layout_named_by,
 )
 from kexec_py.formats.notes import Note, kept_size, parse_notes
 from kexec_py.formats.vmcore import (
@@ -225,10 +222,9 @@ def read_layout(src: Source) -> CoreLayout:
     first = src.read(0, ELF64LE.ehdr.size)
     if len(first) < layout(ELFCLASS32, True).ehdr.size or first[:4] != ELFMAG:
         parse_header(first, len(first), src.name)  # raises with the reason
-    # how much to read: only the class and byte order are trusted yet (an
-    # unknown class reads as ELF32; parse_header below says what is wrong)
-    lay = layout(ELFCLASS64 if first[EI_CLASS] == ELFCLASS64 else ELFCLASS32,
-                 first[EI_DATA] != ELFDATA2MSB)
+    # how much to read: only the class and byte order are trusted yet
+    # (parse_header below says what is wrong)
+    lay = layout_named_by(first)
     phoff, shoff = lay.ehdr.get(first, "e_phoff"), lay.ehdr.get(first, "e_shoff")
     phentsize, phnum = lay.ehdr.get(first, "e_phentsize"), lay.ehdr.get(first, "e_phnum")
     shentsize = lay.ehdr.get(first, "e_shentsize")

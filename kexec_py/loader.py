@@ -20,7 +20,7 @@ from kexec_py.arch.x86 import bootparams, placement
 from kexec_py.backends import Backend
 from kexec_py.errors import FormatError, KexecError, PlanError, SyscallError, UnsupportedError
 from kexec_py.formats import bzimage
-from kexec_py.formats.elfstruct import EI_DATA, ELFCLASS64, ELFDATA2MSB, ELFMAG, ET_CORE, layout
+from kexec_py.formats.elfstruct import ELFMAG, ET_CORE, layout_named_by
 from kexec_py.plan import Plan
 from kexec_py.ranges import MemRegion, Range, window
 from kexec_py.segments import Layout, Segment, check_segments
@@ -179,8 +179,8 @@ def image_kind(data: memoryview | bytes) -> str:
     only (no pyelftools import)."""
     if len(data) >= 18 and bytes(data[:4]) == ELFMAG:
         # e_type is at the same offset in both classes
-        lay = layout(ELFCLASS64, data[EI_DATA] != ELFDATA2MSB)
-        return "elf-core" if lay.ehdr.get(data, "e_type") == ET_CORE else "elf-kernel"
+        e_type = layout_named_by(data).ehdr.get(data, "e_type")
+        return "elf-core" if e_type == ET_CORE else "elf-kernel"
     if bzimage.probe(data):
         return "bzImage"
     return "unknown"

@@ -213,3 +213,12 @@ def test_short_tail_and_overrun() -> None:
     assert parse_notes(unpadded, True, "t") == [Note("CORE", 1, b"abcde")]
     assert kept_size(unpadded, True) == 0
     assert kept_size(n + unpadded, True) == len(n)
+
+
+def test_layout_named_by_reads_class_and_byte_order_leniently() -> None:
+    for cls in (es.ELFCLASS32, es.ELFCLASS64):
+        for little, data in ((True, es.ELFDATA2LSB), (False, es.ELFDATA2MSB)):
+            ident = es.ELFMAG + bytes([cls, data])
+            assert es.layout_named_by(ident) is es.layout(cls, little)
+    # what the parsers refuse still names a layout to read the header with
+    assert es.layout_named_by(es.ELFMAG + bytes([7, 9])) is es.layout(es.ELFCLASS32, True)

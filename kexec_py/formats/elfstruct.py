@@ -233,3 +233,13 @@ def layout(elfclass: int, little: bool) -> ElfLayout:
     """The layout of ``elfclass`` (``ELFCLASS32`` or ``ELFCLASS64``) in one
     byte order; KeyError for any other class."""
     return LAYOUTS[(elfclass, little)]
+
+
+def layout_named_by(ident: Buffer) -> ElfLayout:
+    """The layout ``e_ident`` names, before anything is validated: a class
+    other than ELFCLASS64 reads as ELF32 and a byte order other than
+    ELFDATA2MSB as little-endian, so that a reader can fetch the header and
+    let its parser say what is wrong.  ``ident``: at least EI_DATA + 1
+    bytes."""
+    return LAYOUTS[(ELFCLASS64 if ident[EI_CLASS] == ELFCLASS64 else ELFCLASS32,
+                    ident[EI_DATA] != ELFDATA2MSB)]
