@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kexec_py.abi import KEXEC_PRESERVE_CONTEXT, PAGE_SIZE, Stage, stage_flags  # noqa: E402
-from kexec_py.backends.model import ModelBackend  # noqa: E402
+from kexec_py.boundary.abi import KEXEC_PRESERVE_CONTEXT, PAGE_SIZE, Stage, stage_flags  # noqa: E402
+from kexec_py.boundary.backends.model import ModelBackend  # noqa: E402
 from kexec_py.model.config import ModelConfig, pc_layout  # noqa: E402
 from kexec_py.segments import Segment  # noqa: E402
 

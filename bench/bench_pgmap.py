@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kexec_py import backupmap  # noqa: E402
-from kexec_py.procfs import PageMap, parse_pgmap  # noqa: E402
+from kexec_py.boundary.procfs import PageMap, parse_pgmap  # noqa: E402
+from kexec_py.hibernate import window as backupmap  # noqa: E402
 from kexec_py.segments import Segment  # noqa: E402
 
 GOAL_PARSE = 0.5

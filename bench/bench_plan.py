@@ -103,8 +103,8 @@ def main() -> None:
             ("load -s --dry-run --json", wall([*common, "-s", *files], args.runs)),
             ("load -c --dry-run --json", wall([*common, "-c", *files], args.runs)),
         ]
-        from kexec_py import loader
-        from kexec_py.backends.linux import LinuxBackend
+        from kexec_py.boundary.backends.linux import LinuxBackend
+        from kexec_py.load import loader
 
         be = LinuxBackend(root)
         req = loader.LoadRequest(kernel=kernel, initrd=initrd, cmdline="console=ttyS0 quiet",

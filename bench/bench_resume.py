@@ -84,9 +84,10 @@ class NullKernel:
 def measure(image: Path, kind: str) -> dict[str, float | int]:
     """Runs in the child: resume ``image`` on a model without content (or
     on the null kernel)."""
-    from kexec_py import hibernate, staging
-    from kexec_py.backends.model import ModelBackend
+    from kexec_py.boundary.backends.model import ModelBackend
     from kexec_py.formats.vmcore import open_core
+    from kexec_py.hibernate import core as hibernate
+    from kexec_py.load import staging
     from kexec_py.model.config import ModelConfig, pc_layout
 
     t0 = time.perf_counter()

@@ -1,8 +1,8 @@
 """The start of the ``kexec-py`` console script (and of ``kexec``, a symlink
 to it), and of ``python -m kexec_py``.
 
-Importing this module blocks SIGINT and SIGTERM, before :mod:`kexec_py.main`
-and what it imports are loaded; :func:`kexec_py.main.main` puts the mask
+Importing this module blocks SIGINT and SIGTERM, before :mod:`kexec_py.frontend.main`
+and what it imports are loaded; :func:`kexec_py.frontend.main.main` puts the mask
 back once its handlers are in place.  A signal in between waits for them
 instead of raising KeyboardInterrupt in the middle of an import (a
 traceback).  Only the program's entry imports this module: a library user
@@ -20,6 +20,6 @@ _mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGINT, _signal.SIGT
 
 def main() -> None:
     """Run kexec-py with ``sys.argv`` and exit."""
-    from kexec_py.main import main as run
+    from kexec_py.frontend.main import main as run
 
     run(caller_mask=set(_mask))

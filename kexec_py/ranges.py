@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from kexec_py.abi import PAGE_SIZE
+from kexec_py.boundary.abi import PAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True, order=True)

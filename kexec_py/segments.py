@@ -14,7 +14,7 @@ import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kexec_py.abi import KEXEC_SEGMENT_MAX, PAGE_SIZE
+from kexec_py.boundary.abi import KEXEC_SEGMENT_MAX, PAGE_SIZE
 from kexec_py.errors import PlanError
 from kexec_py.ranges import ADDR_LIMIT, Range, find_hole, free_ranges, merge
 

@@ -14,7 +14,7 @@ HEAVY = ("rich", "elftools", "cffi", "pycparser")
 def heavy_modules_after(args: list[str]) -> list[str]:
     """Run ``kexec-py ARGS`` in a fresh interpreter (it must exit 0) and
     return the modules of :data:`HEAVY` it imported."""
-    code = ("import sys\nfrom kexec_py.main import main\n"
+    code = ("import sys\nfrom kexec_py.frontend.main import main\n"
             f"try:\n    main({args!r})\n"
             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kexec_py import backupmap as bm
+from kexec_py.boundary.procfs import PageMap, format_pgmap, parse_pgmap
 from kexec_py.errors import PlanError, ProcfsError
 from kexec_py.formats.notes import parse_notes
 from kexec_py.formats.vmcore import KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP
-from kexec_py.procfs import PageMap, format_pgmap, parse_pgmap
+from kexec_py.hibernate import window as bm
 from kexec_py.ranges import MemRegion, Range, merge
 from kexec_py.segments import Segment
 
@@ -346,7 +346,7 @@ def test_vmcore_view_of_a_backup_map() -> None:
     built from them: the file parses as an image whose every PT_LOAD holds
     the original memory."""
     from kexec_py.formats.vmcore import parse_core
-    from kexec_py.hibernate import VmcoreView
+    from kexec_py.hibernate.core import VmcoreView
 
     size = 0x400000
     rnd = random.Random(5)

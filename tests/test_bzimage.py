@@ -14,9 +14,9 @@ from fakeroot import QEMU_MEMMAP, make_root
 from kernelgen import iomem_for, make_bzimage, write
 
 from kexec_py.arch.x86 import bootparams, placement
-from kexec_py.cli import cli, run
 from kexec_py.errors import FormatError, PlanError
 from kexec_py.formats import bzimage as bz
+from kexec_py.frontend.cli import cli, run
 from kexec_py.ranges import MemRegion, Range
 from kexec_py.segments import Layout
 

@@ -14,7 +14,7 @@ from fakeroot import QEMU_MEMMAP, make_root
 from importcheck import heavy_modules_after
 
 from kexec_py import __version__
-from kexec_py.cli import cli
+from kexec_py.frontend.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 def test_version_without_click() -> None:
-    code = ("import sys\nfrom kexec_py.main import main\n"
+    code = ("import sys\nfrom kexec_py.frontend.main import main\n"
             "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
             "print('click' in sys.modules, 'rich' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""kexec-tools compatibility mode (kexec_py/compat.py): the parser, the
+"""kexec-tools compatibility mode (kexec_py/frontend/compat.py): the parser, the
 state machine of kexec-tools' main(), the exit statuses and first error
 lines, run against a recording backend; ``kexec`` through main() and
 through a symlink; the -d/-vv system-call trace; status's explanations;
@@ -20,11 +20,12 @@ import pytest
 from fakeroot import QEMU_MEMMAP, make_root
 from kernelgen import ElfSpec, Load, iomem_for, make_bzimage, make_elf, vmlinux_spec, write
 
-from kexec_py import abi, compat, procfs, syscall
-from kexec_py.backends import Status
-from kexec_py.compat import Usage, decide, parse
+from kexec_py.boundary import abi, procfs, syscall
+from kexec_py.boundary.backends import Status
+from kexec_py.boundary.lock import lock_path
 from kexec_py.errors import SyscallError
-from kexec_py.lock import lock_path
+from kexec_py.frontend import compat
+from kexec_py.frontend.compat import Usage, decide, parse
 from kexec_py.segments import Segment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -428,7 +429,7 @@ def test_netdown_clears_iff_up_of_the_interfaces_that_are_up(
     import _socket
     import fcntl
 
-    from kexec_py import netdown
+    from kexec_py.frontend import netdown
 
     flags = {"lo": 0x49, "eth0": 0x1043, "wg0": 0x90}
     calls: list[tuple[str, int]] = []
@@ -519,7 +520,7 @@ def test_status_exit_codes(root: Path, argv: list[str], loaded: bool, crash_load
 
 
 def test_status_of_the_linux_backend_reads_sysfs(tmp_path: Path) -> None:
-    from kexec_py.backends.linux import LinuxBackend
+    from kexec_py.boundary.backends.linux import LinuxBackend
 
     root = make_root(tmp_path / "r", memmap=QEMU_MEMMAP, loaded=1)
     be = LinuxBackend(root)
@@ -562,7 +563,7 @@ def test_debug_turns_the_syscall_trace_on_for_the_run(root: Path, kernel: str) -
 
 def test_main_dispatches_on_the_program_name(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from kexec_py.main import main
+    from kexec_py.frontend.main import main
 
     root = make_root(tmp_path / "r", memmap=QEMU_MEMMAP, loaded=0)
     monkeypatch.setenv("KEXEC_PY_BACKEND", "linux")
@@ -585,7 +586,7 @@ def test_main_dispatches_on_the_program_name(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_the_compat_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from kexec_py.cli import run
+    from kexec_py.frontend.cli import run
 
     root = make_root(tmp_path / "r", memmap=QEMU_MEMMAP, loaded=1)
     for argv, code in ((["compat", "--", "-S", "-l"], 1), (["compat", "-S"], 0),
@@ -606,7 +607,7 @@ def test_a_symlink_named_kexec(tmp_path: Path) -> None:
         #!{sys.executable}
         import sys
         sys.path.insert(0, {str(REPO)!r})
-        from kexec_py.main import main
+        from kexec_py.frontend.main import main
         sys.exit(main())
         """))
     script.chmod(0o755)
@@ -703,7 +704,7 @@ def test_vv_installs_the_trace_for_the_command_only(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from kexec_py import cli
+    from kexec_py.frontend import cli
 
     seen: list[Any] = []
     monkeypatch.setattr(cli.Ctx, "backend", lambda self: seen.append(syscall.trace)
@@ -719,7 +720,7 @@ def test_vv_installs_the_trace_for_the_command_only(tmp_path: Path,
 
 def test_status_explains_a_missing_kexec_file_load(monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
-    from kexec_py.backends.linux import LinuxBackend
+    from kexec_py.boundary.backends.linux import LinuxBackend
 
     be = LinuxBackend(make_root(tmp_path / "r", memmap=QEMU_MEMMAP))
     answers = {"kexec_load": "yes", "kexec_file_load": "no"}
@@ -732,7 +733,7 @@ def test_status_explains_a_missing_kexec_file_load(monkeypatch: pytest.MonkeyPat
 
 
 def test_no_color_means_no_styles_even_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kexec_py import output
+    from kexec_py.frontend import output
 
     def render(no_color: str | None) -> str:
         if no_color is None:
@@ -753,7 +754,7 @@ def test_no_color_means_no_styles_even_on_a_terminal(monkeypatch: pytest.MonkeyP
 
 def test_progress_bar_only_on_a_terminal_and_after_the_delay(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from kexec_py import output
+    from kexec_py.frontend import output
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     with output.ProgressBar(100, "x", delay=0) as bar:
@@ -792,7 +793,7 @@ SCHEMAS = {
 def _json_run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
     import json
 
-    from kexec_py.cli import run
+    from kexec_py.frontend.cli import run
 
     with pytest.raises(SystemExit) as e:
         run(args)

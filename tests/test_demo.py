@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kexec_py import backupmap
-from kexec_py.cli import run
-from kexec_py.procfs import PageMap
+from kexec_py.boundary.procfs import PageMap
+from kexec_py.frontend.cli import run
+from kexec_py.hibernate import window as backupmap
 
 
 def _demo(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

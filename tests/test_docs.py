@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import pytest
 
-from kexec_py.cli import cli
+from kexec_py.frontend.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 MAN = (REPO / "man" / "kexec-py.8").read_text()

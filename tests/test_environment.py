@@ -21,9 +21,9 @@ import pytest
 from coregen import pattern, simple_core
 from kernelgen import make_bzimage, write
 
-from kexec_py.abi import PAGE_SIZE
-from kexec_py.cli import CONTEXT, cli
+from kexec_py.boundary.abi import PAGE_SIZE
 from kexec_py.formats.vmcore import jump_back_note
+from kexec_py.frontend.cli import CONTEXT, cli
 
 REPO = Path(__file__).resolve().parent.parent
 MAN = (REPO / "man" / "kexec-py.8").read_text()

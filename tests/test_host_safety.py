@@ -23,8 +23,9 @@ import pytest
 from fakeroot import QEMU_MEMMAP, make_root
 from kernelgen import iomem_for, make_bzimage, write
 
-from kexec_py import compat, netdown, syscall
-from kexec_py.cli import run
+from kexec_py.boundary import syscall
+from kexec_py.frontend import compat, netdown
+from kexec_py.frontend.cli import run
 
 
 class Host:
@@ -165,7 +166,7 @@ def test_compat_linux_backend_at_another_root_still_answers_status(
 def test_kexec_symlink_on_the_model_saves_the_model(tmp_path: Path, kernel: str, host: Host,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from kexec_py.main import main
+    from kexec_py.frontend.main import main
 
     root = tmp_path / "root"
     root.mkdir()

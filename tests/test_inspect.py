@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fakeroot import QEMU_MEMMAP, make_root
 from kernelgen import ElfSpec, Load, iomem_for, make_bzimage, make_elf, vmlinux_spec, write
 
-from kexec_py.cli import cli
+from kexec_py.frontend.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN = sorted(glob.glob("/boot/vmlinuz-6.1.0-*-amd64"))
@@ -120,7 +120,7 @@ def test_unknown_file_is_an_error(root: Path, tmp_path: Path) -> None:
 
 def test_inspect_of_a_bzimage_does_not_import_pyelftools(root: Path, tmp_path: Path) -> None:
     f = write(tmp_path / "bz", make_bzimage())
-    code = ("import sys\nfrom kexec_py.main import main\n"
+    code = ("import sys\nfrom kexec_py.frontend.main import main\n"
             f"try:\n    main(['--backend', 'linux', '--root', {str(root)!r}, '--json', "
             f"'inspect', {str(f)!r}])\n"
             "except SystemExit as e:\n    assert e.code == 0, e.code\n"

@@ -1,4 +1,4 @@
-"""The load lock (kexec_py/lock.py): every command that changes what is
+"""The load lock (kexec_py/boundary/lock.py): every command that changes what is
 loaded takes it, dry runs and read-only commands do not; the lock file is
 never a symbolic link, never anything but a regular file, and never
 truncated or written unless kexec-py made it."""
@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from kernelgen import make_bzimage, write
 
-from kexec_py.cli import run
+from kexec_py.boundary.lock import LoadLock, lock_path
 from kexec_py.errors import LockError
-from kexec_py.lock import LoadLock, lock_path
+from kexec_py.frontend.cli import run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,10 +32,10 @@ def held_elsewhere(holder_code: str) -> Iterator[int]:
     code = textwrap.dedent(f"""\
         import sys
         from pathlib import Path
-        from kexec_py.lock import LoadLock
+        from kexec_py.boundary.lock import LoadLock
         if "lock_for" in {holder_code!r}:
-            from kexec_py.backends.model import ModelBackend
-            from kexec_py.lock import lock_for
+            from kexec_py.boundary.backends.model import ModelBackend
+            from kexec_py.boundary.lock import lock_for
         lk = {holder_code}
         lk.acquire()
         print("held", flush=True)
@@ -135,8 +135,8 @@ def test_commands_that_change_what_is_loaded_take_the_lock(
 
 
 def test_the_model_lock_at_root_slash_is_beside_the_state_directory(tmp_path: Path) -> None:
-    from kexec_py.backends.model import ModelBackend
-    from kexec_py.lock import lock_for
+    from kexec_py.boundary.backends.model import ModelBackend
+    from kexec_py.boundary.lock import lock_for
 
     be = ModelBackend(Path("/"), state_path=tmp_path / "s")
     assert lock_for(be).path == tmp_path / "s.lock"  # not in it: its contents are the model's
@@ -227,7 +227,7 @@ def test_a_lock_out_of_reach_for_a_user_who_could_not_load_says_why(
     """A user without CAP_SYS_BOOT cannot open /run/kexec-py.lock (root's):
     the error names the lock and says the kernel would refuse the load too,
     with the reasons as the hint (as the EPERM of a load would)."""
-    from kexec_py import lock as lockmod
+    from kexec_py.boundary import lock as lockmod
     from kexec_py.errors import LockError
 
     class Backend:

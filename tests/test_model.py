@@ -12,10 +12,10 @@ import pytest
 from fakeroot import make_root
 from kernelgen import make_bzimage
 
-from kexec_py import abi, procfs
-from kexec_py.abi import PAGE_SIZE, Stage, stage_flags
-from kexec_py.backends import open_backend
-from kexec_py.backends.model import ModelBackend
+from kexec_py.boundary import abi, procfs
+from kexec_py.boundary.abi import PAGE_SIZE, Stage, stage_flags
+from kexec_py.boundary.backends import open_backend
+from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.errors import KexecError, SyscallError
 from kexec_py.model.config import ModelConfig, pc_layout, with_crash_region
 from kexec_py.model.store import default_state_path

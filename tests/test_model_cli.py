@@ -15,8 +15,8 @@ from click.testing import CliRunner, Result
 from importcheck import heavy_modules_after
 from kernelgen import make_bzimage
 
-from kexec_py import procfs
-from kexec_py.cli import cli
+from kexec_py.boundary import procfs
+from kexec_py.frontend.cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 

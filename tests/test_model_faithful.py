@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from kexec_py import abi
-from kexec_py.abi import PAGE_SIZE, Stage, stage_flags
-from kexec_py.backends.model import ModelBackend
+from kexec_py.boundary import abi
+from kexec_py.boundary.abi import PAGE_SIZE, Stage, stage_flags
+from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.errors import KexecError, SyscallError
 from kexec_py.model.config import ModelConfig
 from kexec_py.model.kernel import ModelKernel

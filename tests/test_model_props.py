@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kexec_py import abi
-from kexec_py.abi import PAGE_SIZE, Stage, stage_flags
-from kexec_py.backends.model import ModelBackend
+from kexec_py.boundary import abi
+from kexec_py.boundary.abi import PAGE_SIZE, Stage, stage_flags
+from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.errors import KexecError, SyscallError
 from kexec_py.model.config import ModelConfig
 from kexec_py.ranges import MemRegion, Range

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from kexec_py.backends.model import ModelBackend
-from kexec_py.cli import run
+from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.errors import KexecError
+from kexec_py.frontend.cli import run
 from kexec_py.model.config import ModelConfig, pc_layout
 
 NOWHERE = Path("/nonexistent-root")

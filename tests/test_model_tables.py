@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kexec_py.abi import PAGE_SIZE
+from kexec_py.boundary.abi import PAGE_SIZE
 from kexec_py.model.config import ModelConfig
 from kexec_py.model.kernel import KernelErr, ModelKernel
 from kexec_py.model.physmem import PhysMem

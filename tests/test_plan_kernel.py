@@ -45,9 +45,10 @@ from click.testing import CliRunner
 from fakeroot import QEMU_MEMMAP, make_root
 from kernelgen import iomem_for, make_bzimage, make_elf, vmlinux_spec, write
 
-from kexec_py import abi, loader, procfs
-from kexec_py.cli import cli
+from kexec_py.boundary import abi, procfs
 from kexec_py.errors import FormatError, PlanError, SyscallError, UnsupportedError
+from kexec_py.frontend.cli import cli
+from kexec_py.load import loader
 from kexec_py.segments import Segment
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from coregen import pattern, simple_core
 
-from kexec_py import hibernate
-from kexec_py.abi import PAGE_SIZE
-from kexec_py.backends.model import ModelBackend
-from kexec_py.cli import run
+from kexec_py.boundary.abi import PAGE_SIZE
+from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.errors import KexecError
+from kexec_py.frontend.cli import run
+from kexec_py.hibernate import core as hibernate
 from kexec_py.model.config import ModelConfig, pc_layout
 
 P = PAGE_SIZE

@@ -7,7 +7,7 @@ from fakeroot import DATA, QEMU_MEMMAP, make_root
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kexec_py import procfs
+from kexec_py.boundary import procfs
 from kexec_py.errors import ProcfsError
 from kexec_py.ranges import Range
 

@@ -17,13 +17,14 @@ from coregen import pattern, simple_core
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kexec_py import hibernate, loader, staging
-from kexec_py.abi import PAGE_SHIFT, PAGE_SIZE
-from kexec_py.backends.model import ModelBackend
-from kexec_py.cli import run
-from kexec_py.demo import demo_kernel
+from kexec_py.boundary.abi import PAGE_SHIFT, PAGE_SIZE
+from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.errors import SyscallError, UnsupportedError
 from kexec_py.formats.vmcore import jump_back_note, open_core, parse_core
+from kexec_py.frontend.cli import run
+from kexec_py.frontend.demo import demo_kernel
+from kexec_py.hibernate import core as hibernate
+from kexec_py.load import loader, staging
 from kexec_py.model.config import ModelConfig, pc_layout
 
 P = PAGE_SIZE
@@ -276,7 +277,7 @@ def test_fault_at_every_call_of_a_hibernation_load(tmp_path: Path,
 
 
 def test_lock_held_by_another_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from kexec_py.lock import LoadLock
+    from kexec_py.boundary.lock import LoadLock
 
     cli = CLI(tmp_path)
     reset(cli, capsys)
@@ -457,7 +458,7 @@ def test_hibernation_load_backs_up_low_memory(tmp_path: Path) -> None:
 
 
 def test_raw_backup_map_in_the_hibernating_kernel(tmp_path: Path) -> None:
-    from kexec_py import backupmap
+    from kexec_py.hibernate import window as backupmap
 
     be, snap, ex, hl = _hibernate(5, 0.25, (8 * MIB, 24 * MIB), [0x900000, 0x2000000],
                                   tmp_path, encoding="raw")

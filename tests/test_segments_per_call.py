@@ -10,15 +10,15 @@ from click.testing import CliRunner
 from fakeroot import QEMU_MEMMAP, make_root
 from kernelgen import make_bzimage
 
-from kexec_py.abi import Stage
-from kexec_py.backends import open_backend
-from kexec_py.cli import cli
+from kexec_py.boundary.abi import Stage
+from kexec_py.boundary.backends import open_backend
+from kexec_py.boundary.procfs import parse_meminfo_total
 from kexec_py.errors import PlanError, UnsupportedError
-from kexec_py.hibernate import call_budget
-from kexec_py.procfs import parse_meminfo_total
+from kexec_py.frontend.cli import cli
+from kexec_py.hibernate.core import call_budget
+from kexec_py.load.staging import plan_load
 from kexec_py.ranges import MemRegion, Range
 from kexec_py.segments import Segment
-from kexec_py.staging import plan_load
 
 P = 4096
 

@@ -33,7 +33,7 @@ from fakeroot import QEMU_MEMMAP, make_root
 from kernelgen import make_bzimage, write
 
 from kexec_py import __version__
-from kexec_py.cli import run
+from kexec_py.frontend.cli import run
 
 REPO = Path(__file__).resolve().parent.parent
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -131,7 +131,7 @@ MODEL_SETUP = """\
 import os, sys
 STATE, ROOT, KERNEL = {state!r}, {root!r}, {kernel!r}
 G = ["kexec-py", "--backend", "model", "--model-state", STATE, "--root", ROOT]
-from kexec_py.backends import model
+from kexec_py.boundary.backends import model
 def at(name, after=False):
     orig = getattr(model.ModelBackend, name)
     def patched(self, *a, **kw):
@@ -199,7 +199,7 @@ def test_a_signal_during_the_change_waits_for_it(box: ModelBox, capsys: pytest.C
     box.reset(capsys, before)
     args = [a.format(k=box.kernel) for a in argv]
     r = _script(box.setup() + f"at({method!r})\nsys.argv = G + {args!r}\n"
-                "from kexec_py.main import main\nmain()\n", sig)
+                "from kexec_py.frontend.main import main\nmain()\n", sig)
     assert r.returncode == 0, r.stderr
     assert "interrupted" not in r.stderr and "Traceback" not in r.stderr
     if args[0] != "compat":
@@ -230,7 +230,7 @@ def test_a_signal_before_the_change_changes_nothing(box: ModelBox,
             os.kill(os.getpid(), SIG)
         model.ModelBackend.__init__ = init
         sys.argv = G + {args!r}
-        from kexec_py.main import main
+        from kexec_py.frontend.main import main
         main()
         """)
     r = _script(code, sig)
@@ -246,7 +246,7 @@ def test_a_signal_right_after_a_staged_load_does_not_hide_it(
     committed must neither undo the load nor turn its report into 130."""
     box.reset(capsys, False)
     code = box.setup() + textwrap.dedent("""\
-        from kexec_py import staging
+        from kexec_py.load import staging
         orig = staging.execute
         def execute(*a, **kw):
             r = orig(*a, **kw)
@@ -254,7 +254,7 @@ def test_a_signal_right_after_a_staged_load_does_not_hide_it(
             return r
         staging.execute = execute
         sys.argv = G + ["--json", "load", "--staged=always", "--segments-per-call", "1", KERNEL]
-        from kexec_py.main import main
+        from kexec_py.frontend.main import main
         main()
         """)
     r = _script(code, sig)
@@ -268,7 +268,7 @@ def test_a_signal_during_a_staged_load_abandons_it(box: ModelBox,
                                                    capsys: pytest.CaptureFixture[str],
                                                    sig: int) -> None:
     """Between stages staging's own handlers take the signal: the partial
-    image is unloaded, exit 128 + the signal (kexec_py/staging.py)."""
+    image is unloaded, exit 128 + the signal (kexec_py/load/staging.py)."""
     box.reset(capsys, False)
     code = box.setup() + textwrap.dedent("""\
         calls = []
@@ -280,7 +280,7 @@ def test_a_signal_during_a_staged_load_abandons_it(box: ModelBox,
             return orig(self, *a, **kw)
         model.ModelBackend.kexec_load = kexec_load
         sys.argv = G + ["load", "--staged=always", "--segments-per-call", "1", KERNEL]
-        from kexec_py.main import main
+        from kexec_py.frontend.main import main
         main()
         """)
     r = _script(code, sig)
@@ -403,7 +403,8 @@ def test_shutdown_runs_unblocked_after_a_signal_during_the_load(tmp_path: Path,
     code = textwrap.dedent(f"""\
         import os, signal, sys
         os.environ.update(KEXEC_PY_BACKEND="linux", KEXEC_PY_ROOT="/")
-        from kexec_py import compat, procfs, syscall
+        from kexec_py.frontend import compat
+        from kexec_py.boundary import procfs, syscall
         def load(*a, **kw):
             os.kill(os.getpid(), SIG)
             print("kexec_file_load", flush=True)
@@ -419,7 +420,7 @@ def test_shutdown_runs_unblocked_after_a_signal_during_the_load(tmp_path: Path,
             os._exit(0)
         os.execv = execv
         sys.argv = ["kexec", {str(k)!r}, "--append=console=ttyS0"]
-        from kexec_py.main import main
+        from kexec_py.frontend.main import main
         main()
         """)
     r = _script(code, sig)
@@ -433,7 +434,7 @@ def test_a_signal_inside_class_creation_is_still_a_signal() -> None:
     """Python wraps what ``__set_name__`` raises in a RuntimeError (``import
     platform`` creates such a class): the Signalled behind it is found, so
     the report is "interrupted", not an internal error with a traceback."""
-    from kexec_py import main as m
+    from kexec_py.frontend import main as m
 
     class Setter:
         def __set_name__(self, owner: type, name: str) -> None:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from kexec_py.abi import PAGE_SIZE, Stage, stage_flags
-from kexec_py.backends.model import ModelBackend
+from kexec_py.boundary.abi import PAGE_SIZE, Stage, stage_flags
+from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.errors import KexecError, SyscallError
-from kexec_py.plan import Call, Plan
-from kexec_py.segments import Segment
-from kexec_py.staging import (
+from kexec_py.load.plan import Call, Plan
+from kexec_py.load.staging import (
     Event,
     Interrupted,
     Parameter,
@@ -27,6 +26,7 @@ from kexec_py.staging import (
     execute,
     plan_load,
 )
+from kexec_py.segments import Segment
 
 P = PAGE_SIZE
 OLD_ENTRY = 0x1000000

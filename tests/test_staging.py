@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from coregen import PT_LOAD, Core, Ph
 
-from kexec_py.abi import KEXEC_PRESERVE_CONTEXT, Stage, flags_stage, stage_flags
-from kexec_py.backends import Status
+from kexec_py.boundary.abi import KEXEC_PRESERVE_CONTEXT, Stage, flags_stage, stage_flags
+from kexec_py.boundary.backends import Status
+from kexec_py.boundary.procfs import PageMap
 from kexec_py.errors import KexecError, PlanError, SyscallError, UnsupportedError
 from kexec_py.formats.vmcore import open_core
-from kexec_py.procfs import PageMap
+from kexec_py.load.staging import Interrupted, Parameter, execute, plan_load, split_segment
 from kexec_py.segments import Segment
-from kexec_py.staging import Interrupted, Parameter, execute, plan_load, split_segment
 
 P = 4096
 GOLDEN = Path(__file__).parent / "golden" / "staged"
@@ -411,8 +411,8 @@ def test_abandon_failure_is_reported() -> None:
 
 
 def test_lock_excludes_a_second_holder(tmp_path: Path) -> None:
+    from kexec_py.boundary.lock import LoadLock, lock_path
     from kexec_py.errors import LockError
-    from kexec_py.lock import LoadLock, lock_path
 
     with LoadLock(tmp_path) as held:
         assert held.held

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kexec_py import abi, syscall
+from kexec_py.boundary import abi, syscall
 from kexec_py.errors import SyscallError
 from kexec_py.segments import Segment
 
@@ -19,12 +19,12 @@ def test_generated_ffi_module_is_current(tmp_path: Path) -> None:
 
     out = tmp_path / "_kexec_ffi.py"
     gen_ffi.build().emit_python_code(str(out))
-    committed = (REPO / "kexec_py" / "_kexec_ffi.py").read_text()
+    committed = (REPO / "kexec_py" / "boundary" / "_kexec_ffi.py").read_text()
     assert out.read_text() == committed, "run: python tools/gen_ffi.py"
 
 
 def test_struct_layout_matches_abi() -> None:
-    from kexec_py._kexec_ffi import ffi
+    from kexec_py.boundary._kexec_ffi import ffi
 
     assert ffi.sizeof("struct kexec_segment") == abi.KEXEC_SEGMENT.size == 32
     assert ffi.offsetof("struct kexec_segment", "mem") == 16

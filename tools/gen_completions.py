@@ -19,7 +19,7 @@ import click
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kexec_py.cli import cli  # noqa: E402
+from kexec_py.frontend.cli import cli  # noqa: E402
 
 PROG = "kexec-py"
 

@@ -1,4 +1,4 @@
-"""Generate ``kexec_py/_kexec_ffi.py``: cffi out-of-line ABI mode.
+"""Generate ``kexec_py/boundary/_kexec_ffi.py``: cffi out-of-line ABI mode.
 
 The generated module is committed: at run time it needs only
 ``_cffi_backend`` (no pycparser, no compiler), which keeps start-up near
@@ -30,13 +30,13 @@ int sync(void);
 def build() -> cffi.FFI:
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
-    ffi.set_source("kexec_py._kexec_ffi", None)
+    ffi.set_source("kexec_py.boundary._kexec_ffi", None)
     return ffi
 
 
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else (
-        Path(__file__).resolve().parent.parent / "kexec_py" / "_kexec_ffi.py"
+        Path(__file__).resolve().parent.parent / "kexec_py" / "boundary" / "_kexec_ffi.py"
     )
     build().emit_python_code(str(out))
 

@@ -7,7 +7,7 @@ calls the kernel or prints.  Callers hand in buffers (mmap slices), except
 :func:`~kexec_py.formats.vmcore.open_core`, which maps the image it is
 given, and :func:`~kexec_py.formats.corewriter.write_core`, which writes one.
 How a kernel is booted from what is parsed here is in :mod:`kexec_py.arch`
-and :mod:`kexec_py.loader`.
+and :mod:`kexec_py.load.loader`.
 
 - :mod:`~kexec_py.formats.bzimage`: the x86 bzImage setup header.
 - :mod:`~kexec_py.formats.elfstruct`: the ELF structures read and written

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from kexec_py.abi import PAGE_SIZE
+from kexec_py.boundary.abi import PAGE_SIZE
 from kexec_py.formats.elfstruct import (
     ELF64LE,
     EM_X86_64,

@@ -2,9 +2,9 @@
 
 Every module that touches ELF bytes without pyelftools takes its layouts
 from here: the readers of cores (:mod:`~kexec_py.formats.vmcore`, the
-hibernating kernel's ``/proc/vmcore`` in :mod:`kexec_py.hibernate`), the
+hibernating kernel's ``/proc/vmcore`` in :mod:`kexec_py.hibernate.core`), the
 writers (:mod:`~kexec_py.formats.corewriter`, the backup map's
-elfcorehdr in :mod:`kexec_py.backupmap`) and the program-header pass of
+elfcorehdr in :mod:`kexec_py.hibernate.window`) and the program-header pass of
 :mod:`~kexec_py.formats.elf`.
 
 pyelftools is used only in :mod:`~kexec_py.formats.elf`, to read and check

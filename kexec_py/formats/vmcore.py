@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kexec_py.abi import PAGE_SIZE
+from kexec_py.boundary.abi import PAGE_SIZE
 from kexec_py.errors import FormatError
 from kexec_py.formats.elfstruct import (
     EI_CLASS,

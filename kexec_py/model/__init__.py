@@ -1,6 +1,6 @@
 """An in-process model of a kernel with the kexec multi-stage load patch.
 
-The ``model`` backend (:mod:`kexec_py.backends.model`) is built from:
+The ``model`` backend (:mod:`kexec_py.boundary.backends.model`) is built from:
 
 - :mod:`.config`: the modelled machine (memory map, allocator seed, limits);
 - :mod:`.physmem`: physical memory, a sparse file (pread/pwrite);

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kexec_py import procfs
-from kexec_py.abi import PAGE_SHIFT, PAGE_SIZE
+from kexec_py.boundary import procfs
+from kexec_py.boundary.abi import PAGE_SHIFT, PAGE_SIZE
 from kexec_py.errors import KexecError, ProcfsError
 from kexec_py.ranges import MemRegion, Range, merge, ram_ranges
 

@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kexec_py.abi import PAGE_SIZE
 from kexec_py.arch.x86.bootparams import (
     BOOT_PARAMS_SIZE,
     E820_RESERVED,
@@ -50,6 +49,7 @@ from kexec_py.arch.x86.bootparams import (
     set_initrd,
     write_param,
 )
+from kexec_py.boundary.abi import PAGE_SIZE
 from kexec_py.formats.bzimage import (
     BOOT_FLAG,
     FIELDS,

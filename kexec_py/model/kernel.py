@@ -78,8 +78,8 @@ from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 from typing import Any
 
-from kexec_py import abi
-from kexec_py.abi import PAGE_SHIFT, PAGE_SIZE, Stage
+from kexec_py.boundary import abi
+from kexec_py.boundary.abi import PAGE_SHIFT, PAGE_SIZE, Stage
 from kexec_py.model.config import ModelConfig
 from kexec_py.model.order import PageOrder, Pool
 from kexec_py.model.physmem import PhysMem

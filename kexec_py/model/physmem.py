@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from kexec_py.abi import PAGE_SHIFT, PAGE_SIZE
+from kexec_py.boundary.abi import PAGE_SHIFT, PAGE_SIZE
 from kexec_py.errors import KexecError
 from kexec_py.segments import Buffer
 

@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import Any
 
 from kexec_py import __version__
-from kexec_py.abi import Stage
+from kexec_py.boundary.abi import Stage
 from kexec_py.errors import KexecError
 from kexec_py.model.config import ModelConfig
 from kexec_py.model.kernel import Image, JumpRecord, Level, ModelKernel

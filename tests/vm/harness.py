@@ -330,9 +330,9 @@ def run(args):
     finally:
         sys.stdout, sys.stderr = real_out, real_err
 
-from kexec_py.main import main
+from kexec_py.frontend.main import main
 import kexec_py._start
-from kexec_py.cli import cli
+from kexec_py.frontend.cli import cli
 g = ["--backend", "linux", "--root", fake_root]
 run(["--version"])
 run(["--help"])

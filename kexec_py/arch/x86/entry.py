@@ -41,7 +41,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from kexec_py.abi import PAGE_SIZE
+from kexec_py.boundary.abi import PAGE_SIZE
 
 #: the GDT selectors of the boot protocol (arch/x86/include/asm/segment.h)
 BOOT_CS = 0x10

@@ -8,7 +8,7 @@ placement follows kexec-tools (``kexec/arch/x86_64/kexec-bzImage64.c``):
 entry code top-down above 0x3000, boot_params and command line top-down
 above 0x3000, the payload top-down above 1 MiB, the initrd top-down above
 16 MiB (anywhere: the 64-bit protocol has ``ext_ramdisk_image``).  An ELF
-vmlinux (kexec_py/loader.py) has its PT_LOADs at fixed addresses and uses
+vmlinux (kexec_py/load/loader.py) has its PT_LOADs at fixed addresses and uses
 the same entry and initrd steps.
 
 Found in QEMU (tests/vm/test_kexec_load.py boots what :func:`plan`
@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from kexec_py.abi import PAGE_SIZE
 from kexec_py.arch.x86.bootparams import (
     E820_MAX_ZEROPAGE,
     SetupBlock,
@@ -33,6 +32,7 @@ from kexec_py.arch.x86.bootparams import (
 )
 from kexec_py.arch.x86.entry import STUB_PAGE
 from kexec_py.arch.x86.entry import build as build_stub
+from kexec_py.boundary.abi import PAGE_SIZE
 from kexec_py.errors import FormatError, PlanError
 from kexec_py.formats.bzimage import STARTUP_64, BzImage, version_str
 from kexec_py.ranges import MemRegion, Range

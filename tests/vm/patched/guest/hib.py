@@ -97,7 +97,7 @@ def window(start_mib, size_mib):
 
 
 def vaddr(buf):
-    from kexec_py._kexec_ffi import ffi
+    from kexec_py.boundary._kexec_ffi import ffi
 
     return int(ffi.cast("unsigned long", ffi.from_buffer(buf)))
 

@@ -2,7 +2,7 @@
 the QEMU guest as root.
 
 The calls are raw: ``syscall(246, ...)`` through the cffi declarations of
-kexec_py/_kexec_ffi.py, with the stage in bits 2-3 of the flags; nothing of
+kexec_py/boundary/_kexec_ffi.py, with the stage in bits 2-3 of the flags; nothing of
 kexec-py's staged loader is used.  What the kernel did is read back from
 /proc/kexec_pgmap, /sys/kernel/kexec_loaded and, through /dev/mem, from the
 source pages themselves.
@@ -56,7 +56,7 @@ import sys
 import time
 from pathlib import Path
 
-from kexec_py._kexec_ffi import ffi
+from kexec_py.boundary._kexec_ffi import ffi
 
 lib = ffi.dlopen(None)
 
@@ -500,8 +500,8 @@ def pgmap_format():
 def plan_kernel(marker, kernel="/boot/vmlinuz", initrd="/boot/stage2.cpio.gz"):
     """kexec-py's one-call kexec_load plan of KERNEL + INITRD (its placement,
     boot_params and entry stub): (entry, {segment name: Segment})."""
-    from kexec_py import loader
-    from kexec_py.backends.linux import LinuxBackend
+    from kexec_py.boundary.backends.linux import LinuxBackend
+    from kexec_py.load import loader
 
     req = loader.LoadRequest(kernel=Path(kernel), initrd=Path(initrd),
                              cmdline=f"console=ttyS0 panic=-1 KEXEC_PY_MARKER={marker}",
@@ -625,10 +625,10 @@ def jump_check(dst_pfn, jumps):
 def kpy_staged_plan(bad_mid):
     """KS_start, KS_mid, KS_final of kexec-py's executor; with ``bad_mid``
     the KS_mid has two overlapping segments, which the kernel refuses."""
-    from kexec_py.abi import Stage, stage_flags
-    from kexec_py.plan import Call, Plan
+    from kexec_py.boundary.abi import Stage, stage_flags
+    from kexec_py.load.plan import Call, Plan
+    from kexec_py.load.staging import StagedPlan
     from kexec_py.segments import Segment
-    from kexec_py.staging import StagedPlan
 
     base = 0x08000000
     mid = [Segment(base + 0x10000, 4 * PAGE, 0)]
@@ -647,9 +647,9 @@ def kpy_failed_mid(before):
     overlapping segments in one call), KS_final: the error names the call,
     and what was loaded before (``before``: "0" nothing, "1" an image)
     is what is loaded after."""
-    from kexec_py.backends.linux import LinuxBackend
+    from kexec_py.boundary.backends.linux import LinuxBackend
     from kexec_py.errors import SyscallError
-    from kexec_py.staging import execute
+    from kexec_py.load.staging import execute
 
     tag = "kpy-failed-mid"
     check(f"{tag}/before", loaded() == before, f"kexec_loaded={loaded()}, expected {before}")
@@ -681,8 +681,8 @@ def kpy_interrupted(before):
     Interrupted (exit 130, 143), and what was loaded before is loaded after."""
     import signal
 
-    from kexec_py.backends.linux import LinuxBackend
-    from kexec_py.staging import Interrupted, execute
+    from kexec_py.boundary.backends.linux import LinuxBackend
+    from kexec_py.load.staging import Interrupted, execute
 
     for sig, after in ((signal.SIGINT, 1), (signal.SIGTERM, 2)):
         tag = f"kpy-interrupted/{signal.Signals(sig).name}"
@@ -707,10 +707,10 @@ def kpy_stages(core, entry):
     stages and after KS_final: the map parses and matches what was loaded."""
     import json
 
-    from kexec_py import hibernate
-    from kexec_py.backends.linux import LinuxBackend
+    from kexec_py.boundary.backends.linux import LinuxBackend
     from kexec_py.formats.vmcore import open_core
-    from kexec_py.staging import execute
+    from kexec_py.hibernate import core as hibernate
+    from kexec_py.load.staging import execute
 
     be = LinuxBackend(Path("/"))
     img = open_core(core)

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kexec_py import abi
 from kexec_py.arch.x86 import bootparams, placement
-from kexec_py.backends import Backend
+from kexec_py.boundary import abi
+from kexec_py.boundary.backends import Backend
 from kexec_py.errors import FormatError, KexecError, PlanError, SyscallError, UnsupportedError
 from kexec_py.formats import bzimage
 from kexec_py.formats.elfstruct import ELFMAG, ET_CORE, layout_named_by
-from kexec_py.plan import Plan
+from kexec_py.load.plan import Plan
 from kexec_py.ranges import MemRegion, Range, window
 from kexec_py.segments import Layout, Segment, check_segments
 
@@ -189,7 +189,7 @@ def image_kind(data: memoryview | bytes) -> str:
 def running_boot_params(root: Path) -> bytes | None:
     """The running kernel's boot_params (/sys/kernel/boot_params/data, root
     only), or None when it cannot be read."""
-    from kexec_py import procfs
+    from kexec_py.boundary import procfs
     from kexec_py.errors import ProcfsError
 
     try:
@@ -328,7 +328,7 @@ def pack_plan(segments: Sequence[Segment], entry: int, flags: int, notes: list[s
     """One KS_full kexec_load call, checked against the kernel's rules
     (:func:`check_segments`) so that a refusal comes with a better message
     than an errno."""
-    from kexec_py.plan import Call
+    from kexec_py.load.plan import Call
     from kexec_py.segments import X86_64_DESTINATION_LIMIT
 
     check_segments(segments, ram_bytes=ram_bytes, limit=X86_64_DESTINATION_LIMIT)

@@ -5,7 +5,7 @@ the hibernating kernel's /proc/vmcore, and saving it as an image.
   --mem-min A --mem-max B``: the kernel's segments placed below the backup
   map's placeholder (top of the window), zero-filled backup segments over
   every other page of the window's RAM, the placeholder in KS_start and the
-  map (:mod:`kexec_py.backupmap`) in KS_final; the loaded kernel's command
+  map (:mod:`kexec_py.hibernate.window`) in KS_final; the loaded kernel's command
   line confines it to the window (``memmap=exactmap ...``) and says where
   the map is.
 - :func:`plan_resume`: every PT_LOAD of an image at its physical address,
@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kexec_py import backupmap, loader, procfs
-from kexec_py.abi import KEXEC_SEGMENT_MAX, PAGE_SHIFT, PAGE_SIZE
-from kexec_py.backends import Backend
-from kexec_py.backupmap import NoteArea, WindowLayout
+from kexec_py.boundary import procfs
+from kexec_py.boundary.abi import KEXEC_SEGMENT_MAX, PAGE_SHIFT, PAGE_SIZE
+from kexec_py.boundary.backends import Backend
 from kexec_py.errors import FormatError, KexecError, PlanError, ProcfsError, UnsupportedError
 from kexec_py.formats.elfstruct import (
     ELF64LE,
@@ -62,10 +61,13 @@ from kexec_py.formats.vmcore import (
     parse_header,
     read_phdrs,
 )
-from kexec_py.loader import LoadRequest
+from kexec_py.hibernate import window as backupmap
+from kexec_py.hibernate.window import NoteArea, WindowLayout
+from kexec_py.load import loader
+from kexec_py.load.loader import LoadRequest
+from kexec_py.load.staging import Parameter, StagedPlan, plan_load
 from kexec_py.ranges import MemRegion, Range, merge, ram_ranges
 from kexec_py.segments import Segment, fill_window
-from kexec_py.staging import Parameter, StagedPlan, plan_load
 
 #: a reader of physical memory: ``read(addr, size) -> bytes``
 PhysReader = Callable[[int, int], bytes]

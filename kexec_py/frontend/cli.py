@@ -9,7 +9,7 @@ environment variables).  The variables kexec-py reads are listed under
 ENVIRONMENT in kexec-py(8).
 
 Every command that changes what is loaded takes the load lock
-(:meth:`Ctx.lock`) and calls :func:`kexec_py.main.hold` just before the
+(:meth:`Ctx.lock`) and calls :func:`kexec_py.frontend.main.hold` just before the
 change; read-only commands and dry runs call it before they print.
 """
 
@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from kexec_py import __version__
-from kexec_py.abi import KEXEC_SEGMENT_MAX
-from kexec_py.backends import Backend, auto_backend, open_backend
+from kexec_py.boundary.abi import KEXEC_SEGMENT_MAX
+from kexec_py.boundary.backends import Backend, auto_backend, open_backend
 from kexec_py.errors import KexecError
-from kexec_py.main import hold, json_requested, signalled_by
-from kexec_py.output import emit_json, hexint, info
+from kexec_py.frontend.main import hold, json_requested, signalled_by
+from kexec_py.frontend.output import emit_json, hexint, info
 
 if TYPE_CHECKING:
-    from kexec_py.lock import LoadLock
+    from kexec_py.boundary.lock import LoadLock
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -65,7 +65,7 @@ class Ctx:
         the rest of the command: it is released after the backend is
         closed, which is when the model backend saves its state."""
         if self._lock is None:
-            from kexec_py.lock import take_lock
+            from kexec_py.boundary.lock import take_lock
 
             self._lock = take_lock(self.backend())
 
@@ -131,7 +131,7 @@ def cli(ctx: click.Context, backend: str, root: Path, as_json: bool, verbose: in
     ctx.obj = c
     ctx.call_on_close(c.close)
     if verbose >= 2:  # every system call with its arguments and result, on stderr
-        from kexec_py import syscall
+        from kexec_py.boundary import syscall
 
         syscall.trace = info
         ctx.call_on_close(lambda: setattr(syscall, "trace", None))
@@ -289,7 +289,8 @@ def load(c: Ctx, kernel: Path, initrd: Path | None, append: str | None, reuse_cm
          mem_max: int | None, preserve_context: bool, dry_run: bool, staged: str | None,
          segments_per_call: int | None, backup_map: str | None) -> None:
     """Load KERNEL to be booted by 'exec' (or on panic with -p)."""
-    from kexec_py import loader, procfs
+    from kexec_py.boundary import procfs
+    from kexec_py.load import loader
 
     if staged is not None or backup_map is not None or segments_per_call is not None:
         _load_staged(c, kernel, initrd, append, reuse_cmdline, crash, syscall, image_type,
@@ -334,7 +335,7 @@ def load(c: Ctx, kernel: Path, initrd: Path | None, append: str | None, reuse_cm
 def _console() -> Any:
     """A rich console on stdout: colour and boxes on a terminal, plain
     wide text otherwise (for scripts and pipes)."""
-    from kexec_py.output import console
+    from kexec_py.frontend.output import console
 
     con = console()
     if not con.is_terminal:
@@ -351,7 +352,7 @@ def _console() -> Any:
 def inspect(c: Ctx, image: Path) -> None:
     """Show what IMAGE is (bzImage, ELF kernel, ELF core), its header fields
     and the segments kexec_load would get from it."""
-    from kexec_py import loader
+    from kexec_py.load import loader
 
     def memmap() -> Any:
         return c.backend().memory_map()
@@ -361,7 +362,7 @@ def inspect(c: Ctx, image: Path) -> None:
     if c.json:
         emit_json(report)
     else:
-        from kexec_py import render
+        from kexec_py.frontend import render
 
         render.print_inspect(_console(), report)
 
@@ -403,7 +404,7 @@ def exec_(c: Ctx, no_sync: bool) -> None:
 @pass_ctx
 def unload(c: Ctx, crash: bool) -> None:
     """Unload the loaded kernel (like 'kexec -u')."""
-    from kexec_py import loader
+    from kexec_py.load import loader
 
     be = c.backend()
     c.lock()
@@ -429,7 +430,7 @@ def compat(c: Ctx, args: tuple[str, ...]) -> None:
     options, exit statuses and first error lines (see COMPATIBILITY MODE in
     kexec-py(8)).  The global --backend and --root apply.
     """
-    from kexec_py import compat as kexec_compat
+    from kexec_py.frontend import compat as kexec_compat
 
     env = kexec_compat.Env(c.backend, c.root, lock=c.lock)
     raise click.exceptions.Exit(kexec_compat.run(list(args), env))
@@ -473,7 +474,7 @@ def pgmap(c: Ctx, raw: bool, limit: int) -> None:
     pm = c.backend().pgmap()
     hold()
     if raw:
-        from kexec_py import procfs
+        from kexec_py.boundary import procfs
 
         sys.stdout.write(procfs.format_pgmap(pm.pairs()))
         return
@@ -504,7 +505,7 @@ def pgmap(c: Ctx, raw: bool, limit: int) -> None:
 
 def _model_of(c: Ctx, what: str) -> Any:
     """The model backend, or an error naming ``what`` needs it."""
-    from kexec_py.backends.model import ModelBackend
+    from kexec_py.boundary.backends.model import ModelBackend
     from kexec_py.errors import UnsupportedError
 
     be = c.backend()
@@ -519,7 +520,7 @@ def _model_can_return(be: Backend) -> bool:
     nothing loaded returns to the kernel that jumped."""
     if be.name != "model":
         return False
-    from kexec_py.backends.model import ModelBackend
+    from kexec_py.boundary.backends.model import ModelBackend
 
     return isinstance(be, ModelBackend) and int(be.running()["depth"]) > 0
 
@@ -624,7 +625,9 @@ def _load_staged(c: Ctx, kernel: Path, initrd: Path | None, append: str | None,
     backup pages map."""
     import os as _os
 
-    from kexec_py import hibernate, loader, procfs
+    from kexec_py.boundary import procfs
+    from kexec_py.hibernate import core as hibernate
+    from kexec_py.load import loader
 
     if syscall == "file":
         raise click.UsageError("--staged loads with kexec_load: drop -s")
@@ -684,7 +687,7 @@ def _print_plan(c: Ctx, plan: Any) -> None:
     if c.json:
         emit_json(plan.to_json())
     else:
-        from kexec_py import render
+        from kexec_py.frontend import render
 
         render.print_plan(_console(), plan)
 
@@ -700,8 +703,8 @@ def _run_staged(c: Ctx, be: Backend, sp: Any, label: str) -> Any:
     nor replace its report by an interruption."""
     import json as _json
 
-    from kexec_py import staging
-    from kexec_py.output import ProgressBar
+    from kexec_py.frontend.output import ProgressBar
+    from kexec_py.load import staging
 
     total = sum(s.memsz for call in sp.plan.calls for s in call.segments)
     c.lock()
@@ -744,8 +747,8 @@ def resume(c: Ctx, image: Path, entry: int | None, staged: str, segments_per_cal
            dry_run: bool) -> None:
     """Load hibernation IMAGE (an ELF core) for 'exec': every PT_LOAD at its
     physical address, entered at the image's jump-back entry."""
-    from kexec_py import hibernate
     from kexec_py.formats.vmcore import open_core
+    from kexec_py.hibernate import core as hibernate
 
     be = c.backend()
     with open_core(image) as img:
@@ -781,8 +784,8 @@ def save_image(c: Ctx, out: Path, source: str | None, entry: int | None,
                keep_zero_pages: bool) -> None:
     """In the hibernating kernel: stream /proc/vmcore to OUT as a hibernation
     image, recording the jump-back entry so that 'resume OUT' needs no --entry."""
-    from kexec_py import hibernate
-    from kexec_py.output import ProgressBar
+    from kexec_py.frontend.output import ProgressBar
+    from kexec_py.hibernate import core as hibernate
 
     be = c.backend()
     if source is None:
@@ -829,8 +832,8 @@ def demo(c: Ctx, workdir: Path | None, seed: int) -> None:
     step; exits 0 only when every check holds."""
     import tempfile
 
-    from kexec_py import demo as hib_demo
-    from kexec_py.output import console
+    from kexec_py.frontend import demo as hib_demo
+    from kexec_py.frontend.output import console
 
     con = console(stderr=True) if c.json else _console()
     if workdir is not None:
@@ -866,7 +869,7 @@ def run(args: list[str]) -> NoReturn:
     """Run the CLI with ``args`` and exit with its status.
 
     Every report of a failure first holds SIGINT and SIGTERM
-    (:func:`kexec_py.main.hold`): a signal that arrived before raises
+    (:func:`kexec_py.frontend.main.hold`): a signal that arrived before raises
     main.py's Signalled instead, so the failure has one report, not two."""
     as_json = json_requested(args)
     try:

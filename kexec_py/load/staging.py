@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Literal
 
-from kexec_py.abi import KEXEC_SEGMENT_MAX, PAGE_SIZE, Stage, stage_flags
-from kexec_py.backends import Backend
+from kexec_py.boundary.abi import KEXEC_SEGMENT_MAX, PAGE_SIZE, Stage, stage_flags
+from kexec_py.boundary.backends import Backend
+from kexec_py.boundary.procfs import PageMap
 from kexec_py.errors import KexecError, PlanError, SyscallError, UnsupportedError
-from kexec_py.plan import Call, Plan
-from kexec_py.procfs import PageMap
+from kexec_py.load.plan import Call, Plan
 from kexec_py.segments import Segment, check_segments
 
 StagedMode = Literal["auto", "always", "never"]
@@ -325,7 +325,7 @@ def execute(backend: Backend, sp: StagedPlan, *,
 
     Before KS_final of a plan with a parameter: read the page map,
     ``validate(pagemap, loaded_segments)`` it (default:
-    :func:`kexec_py.backupmap.validate_pgmap`, which returns the number of
+    :func:`kexec_py.hibernate.window.validate_pgmap`, which returns the number of
     moved pages), build the parameter, and check it fits its placeholder.
 
     On any failure after the first call was attempted -- a system call
@@ -335,7 +335,7 @@ def execute(backend: Backend, sp: StagedPlan, *,
     system call) the errno, and its hint says what is loaded now.
     """
     if validate is None:
-        from kexec_py.backupmap import validate_pgmap
+        from kexec_py.hibernate.window import validate_pgmap
 
         validate = validate_pgmap
     plan, param = sp.plan, sp.parameter

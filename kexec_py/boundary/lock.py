@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from kexec_py.errors import LockError
 
 if TYPE_CHECKING:
-    from kexec_py.backends import Backend
+    from kexec_py.boundary.backends import Backend
 
 LOCK_NAME = "run/kexec-py.lock"
 #: the pid field: right-aligned decimal, then a newline

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kexec_py import abi
+from kexec_py.boundary import abi
 from kexec_py.errors import SyscallError
 from kexec_py.segments import Segment
 
@@ -76,7 +76,7 @@ def trace_error(e: SyscallError | None) -> None:
 def _load() -> tuple[Any, Any]:
     global _lib, _ffi
     if _lib is None:
-        from kexec_py._kexec_ffi import ffi
+        from kexec_py.boundary._kexec_ffi import ffi
 
         _ffi = ffi
         _lib = ffi.dlopen(None)

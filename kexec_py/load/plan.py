@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kexec_py.abi import Stage
+from kexec_py.boundary.abi import Stage
 from kexec_py.segments import Segment
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kexec_py.procfs import PageMap
+from kexec_py.boundary.procfs import PageMap
 from kexec_py.ranges import MemRegion
 from kexec_py.segments import Segment
 
@@ -112,11 +112,11 @@ def open_backend(name: str, root: Path, options: dict[str, Any] | None = None) -
     """Instantiate a backend by name; imports only the one chosen."""
     opts = options or {}
     if name == "linux":
-        from kexec_py.backends.linux import LinuxBackend
+        from kexec_py.boundary.backends.linux import LinuxBackend
 
         return LinuxBackend(root)
     if name == "model":
-        from kexec_py.backends.model import ModelBackend
+        from kexec_py.boundary.backends.model import ModelBackend
 
         return ModelBackend(root, **opts)
     raise ValueError(f"unknown backend {name!r}")

@@ -1,6 +1,6 @@
 """The model backend: an in-process model of a kernel with the kexec
 multi-stage load patch (:mod:`kexec_py.model`), behind the same
-:class:`~kexec_py.backends.Backend` interface as the running kernel.
+:class:`~kexec_py.boundary.backends.Backend` interface as the running kernel.
 
 Errors are :class:`SyscallError` with the call's text, errno and hint,
 exactly as from the linux backend; the hint also carries the model's own
@@ -33,8 +33,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from kexec_py import abi, procfs, syscall
-from kexec_py.backends import Status, has_cap_sys_boot
+from kexec_py.boundary import abi, procfs, syscall
+from kexec_py.boundary.backends import Status, has_cap_sys_boot
+from kexec_py.boundary.procfs import PageMap
+from kexec_py.boundary.syscall import hint_for
 from kexec_py.errors import KexecError, SyscallError, UnsupportedError
 from kexec_py.model.config import ModelConfig, config_for_root
 from kexec_py.model.kernel import (
@@ -47,10 +49,8 @@ from kexec_py.model.kernel import (
 )
 from kexec_py.model.physmem import PhysMem
 from kexec_py.model.store import RESET_HINT, StateDir, dump_kernel, load_kernel
-from kexec_py.procfs import PageMap
 from kexec_py.ranges import MemRegion, Range
 from kexec_py.segments import Segment
-from kexec_py.syscall import hint_for
 
 DEFAULT_CMDLINE = "console=ttyS0 root=/dev/vda ro"
 REBOOT_CALL = "reboot(LINUX_REBOOT_CMD_KEXEC)"
@@ -300,7 +300,7 @@ class ModelBackend:
         """ROOT/run/kexec-py.lock with --root; at root / (a model of the
         user's own, whose state is per user) STATE.lock beside the state
         directory, outside it: its contents are the model's."""
-        from kexec_py.lock import lock_path
+        from kexec_py.boundary.lock import lock_path
 
         if Path(self.root) != Path("/") or self.store is None:
             return lock_path(self.root)

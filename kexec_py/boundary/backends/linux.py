@@ -1,6 +1,6 @@
 """The running Linux kernel as a backend.
 
-System calls go through :mod:`kexec_py.syscall`; state comes from /proc and
+System calls go through :mod:`kexec_py.boundary.syscall`; state comes from /proc and
 /sys under ``root``.  EPERM is explained from what the kernel exposes
 (lockdown, kexec_load_disabled, the load limits, CAP_SYS_BOOT).
 
@@ -18,10 +18,10 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-from kexec_py import abi, procfs, syscall
-from kexec_py.backends import Status, has_cap_sys_boot
+from kexec_py.boundary import abi, procfs, syscall
+from kexec_py.boundary.backends import Status, has_cap_sys_boot
+from kexec_py.boundary.procfs import PageMap
 from kexec_py.errors import KexecError, SyscallError, UnsupportedError
-from kexec_py.procfs import PageMap
 from kexec_py.ranges import MemRegion
 from kexec_py.segments import Segment
 
@@ -45,7 +45,7 @@ class LinuxBackend:
                 "at root /")
 
     def lock_path(self) -> Path:
-        from kexec_py.lock import lock_path
+        from kexec_py.boundary.lock import lock_path
 
         return lock_path(self.root)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from kexec_py import abi
-from kexec_py.plan import Plan
+from kexec_py.boundary import abi
+from kexec_py.load.plan import Plan
 
 if TYPE_CHECKING:
     from rich.console import Console

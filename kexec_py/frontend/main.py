@@ -6,7 +6,7 @@ signal handling below uses the built-in ``_signal``, not ``signal``, which
 imports enum).
 
 Invoked under the name ``kexec`` (a symlink to the ``kexec-py`` script),
-the program speaks kexec-tools' command line (:mod:`kexec_py.compat`).
+the program speaks kexec-tools' command line (:mod:`kexec_py.frontend.compat`).
 
 SIGINT and SIGTERM: :func:`main` installs their handlers before anything
 else.  Until a command starts to change something, a signal raises
@@ -17,7 +17,7 @@ commits a change (a load, an unload, an exec, a model reset) and before it
 prints its result: from there to the exit, signals wait (blocked, and
 ignored should one reach another thread), so a change that was made is
 finished and reported, and a command that printed its result exits 0.
-kexec_py/staging.py replaces these handlers with its own while a staged
+kexec_py/load/staging.py replaces these handlers with its own while a staged
 load runs and puts them back when it returns; the CLI holds from the event
 that reports the load's last call.
 """
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None, prog: str | None = None, *,
 
 def _dispatch(args: list[str], prog: str | None) -> Any:
     if _is_compat(prog):
-        from kexec_py.compat import main as compat_main
+        from kexec_py.frontend.compat import main as compat_main
 
         return compat_main(args, prog or "kexec")  # getopt's messages name argv[0] as given
     if args == ["--version"]:
@@ -251,7 +251,7 @@ def _dispatch(args: list[str], prog: str | None) -> Any:
         hold()
         sys.stdout.write(f"kexec-py {__version__}\n")
         return 0
-    from kexec_py.cli import run
+    from kexec_py.frontend.cli import run
 
     run(args)
     return 0

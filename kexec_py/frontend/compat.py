@@ -31,8 +31,8 @@ model (or any backend other than the running kernel) the reboot that
 ``shutdown -r now`` would bring is an exec in that backend; with the linux
 backend under another root, whose system calls would still reach this
 machine's kernel, every step that would change it is refused.  The steps
-that change what is loaded run under the load lock (kexec_py/lock.py) and
-with SIGINT/SIGTERM held (kexec_py/main.py) once the first change starts.
+that change what is loaded run under the load lock (kexec_py/boundary/lock.py) and
+with SIGINT/SIGTERM held (kexec_py/frontend/main.py) once the first change starts.
 
 Like ``cli.py``, this module is a front end: it writes to the streams it is
 given and returns the exit status; ``main.py`` or ``cli.py`` exits.  It
@@ -49,13 +49,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from kexec_py.errors import KexecError
-from kexec_py.main import hold, release, signalled_by
+from kexec_py.frontend.main import hold, release, signalled_by
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from kexec_py.backends import Backend
-    from kexec_py.lock import LoadLock
+    from kexec_py.boundary.backends import Backend
+    from kexec_py.boundary.lock import LoadLock
 
 #: kexec-tools' return values as exit statuses (main() returns them)
 EXIT_OK = 0
@@ -484,7 +484,7 @@ class Env:
     and /sys are read; ``execv`` runs ``shutdown -r now`` after a load
     without -l; ``ifdown`` brings the network interfaces down before an
     exec (kexec-tools' ifdown()); ``lock()`` takes the load lock for the
-    rest of the run (default: kexec_py.lock.lock_for the backend, released
+    rest of the run (default: kexec_py.boundary.lock.lock_for the backend, released
     by :meth:`close`); ``close`` closes the backend (the kexec symlink's
     own; under ``kexec-py compat`` the CLI closes it)."""
 
@@ -519,7 +519,7 @@ class Env:
         if self._lock is not None:
             self._lock()
         elif self._held is None:
-            from kexec_py.lock import take_lock
+            from kexec_py.boundary.lock import take_lock
 
             self._held = take_lock(self.backend())
 
@@ -557,7 +557,7 @@ def run(argv: Sequence[str], env: Env, prog: str = "kexec") -> int:
         env.out.write(f"kexec-py {__version__}\n")
         return EXIT_OK
     trace = _tracer(env) if plan.debug else None
-    from kexec_py import syscall
+    from kexec_py.boundary import syscall
 
     old = syscall.trace
     if trace is not None:
@@ -608,7 +608,7 @@ def _tracer(env: Env) -> Callable[[str], None]:
 
 def _carry_out(p: Plan, env: Env, trace: Callable[[str], None] | None) -> int:
     if p.immediate == "print-ckr-size":
-        from kexec_py import procfs
+        from kexec_py.boundary import procfs
 
         r = procfs.crash_region(env.root)
         hold()
@@ -672,7 +672,7 @@ def _fence(env: Env) -> None:
 
 
 def _crash_reserved(root: Path) -> bool:
-    from kexec_py import procfs
+    from kexec_py.boundary import procfs
 
     if procfs.crash_region(root) is not None:
         return True
@@ -685,7 +685,7 @@ def _loaded(env: Env, crash: bool) -> bool | None:
     own state for backends other than the running kernel."""
     be = env.backend()
     if be.name == "linux":
-        from kexec_py import procfs
+        from kexec_py.boundary import procfs
 
         return (procfs.kexec_crash_loaded if crash else procfs.kexec_loaded)(env.root)
     st = be.status()
@@ -708,7 +708,8 @@ def _failed_call(what: str, e: KexecError) -> Failed:
 
 
 def _unload(p: Plan, env: Env) -> None:
-    from kexec_py import abi, loader
+    from kexec_py.boundary import abi
+    from kexec_py.load import loader
 
     be = env.backend()
     try:
@@ -734,7 +735,7 @@ def _cmdline(p: Plan, env: Env) -> str | None:
     --append (concatenated, not merged)."""
     base: str | None = None
     if p.reuse_cmdline:
-        from kexec_py import procfs
+        from kexec_py.boundary import procfs
 
         current = env.backend().cmdline()
         drop = {"BOOT_IMAGE", "crashkernel"} if p.crash else {"BOOT_IMAGE"}
@@ -757,7 +758,7 @@ def _check_file(path: str) -> None:
 
 
 def _load(p: Plan, env: Env) -> None:
-    from kexec_py import loader
+    from kexec_py.load import loader
 
     if p.kernel is None:
         raise Failed("No kernel specified", EXIT_FAILED,
@@ -815,9 +816,9 @@ def _load(p: Plan, env: Env) -> None:
 def _load_args_none(be: Backend, req: Any) -> None:  # req: loader.LoadRequest
     """--args-none for an ELF image: its PT_LOADs at their physical
     addresses and the ELF entry point; no entry stub, no boot parameters."""
-    from kexec_py import loader
     from kexec_py.arch.x86.placement import ram_bytes
     from kexec_py.formats import elf
+    from kexec_py.load import loader
 
     f = loader.map_file(req.kernel, "kernel")
     img = elf.parse(f.data, str(req.kernel))
@@ -885,7 +886,7 @@ def _reboot_in_backend(env: Env) -> int:
 
 
 def _ifdown(trace: Callable[[str], None]) -> None:
-    from kexec_py.netdown import ifdown
+    from kexec_py.frontend.netdown import ifdown
 
     ifdown(trace)
 
@@ -910,7 +911,7 @@ def env_from_environment(out: TextIO | None = None, err: TextIO | None = None) -
 
     def backend() -> Backend:
         if not cache:
-            from kexec_py.backends import auto_backend, open_backend
+            from kexec_py.boundary.backends import auto_backend, open_backend
 
             which = auto_backend(root) if name == "auto" else name
             cache.append(open_backend(which, root, opts if which == "model" else None))

@@ -26,17 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kexec_py import hibernate, loader, staging
-from kexec_py.abi import PAGE_SHIFT, PAGE_SIZE
-from kexec_py.backupmap import moved_runs, parse_elfcorehdr
+from kexec_py.boundary.abi import PAGE_SHIFT, PAGE_SIZE
 from kexec_py.formats import bzimage
 from kexec_py.formats.vmcore import open_core
+from kexec_py.hibernate import core as hibernate
+from kexec_py.hibernate.window import moved_runs, parse_elfcorehdr
+from kexec_py.load import loader, staging
 from kexec_py.ranges import Range
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from kexec_py.backends.model import ModelBackend
+    from kexec_py.boundary.backends.model import ModelBackend
 
 MIB = 1 << 20
 #: the window B runs in, and the machine
@@ -89,7 +90,7 @@ def demo_kernel(payload_size: int = 0x10000) -> bytes:
 
 
 def _model(seed: int, ram: int, root: Path) -> ModelBackend:
-    from kexec_py.backends.model import ModelBackend
+    from kexec_py.boundary.backends.model import ModelBackend
     from kexec_py.model.config import ModelConfig, pc_layout
 
     return ModelBackend(root, persist=False, config=ModelConfig(regions=pc_layout(ram), seed=seed))

@@ -72,7 +72,8 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from kexec_py.abi import PAGE_SHIFT, PAGE_SIZE
+from kexec_py.boundary.abi import PAGE_SHIFT, PAGE_SIZE
+from kexec_py.boundary.procfs import PageMap
 from kexec_py.errors import PlanError, ProcfsError
 from kexec_py.formats.elfstruct import (
     ELF64LE,
@@ -87,7 +88,6 @@ from kexec_py.formats.elfstruct import (
 )
 from kexec_py.formats.notes import note_bytes
 from kexec_py.formats.vmcore import KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP
-from kexec_py.procfs import PageMap
 from kexec_py.ranges import MemRegion, Range, merge, subtract
 from kexec_py.segments import Segment
 
