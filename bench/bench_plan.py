@@ -104,16 +104,16 @@ def main() -> None:
             ("load -c --dry-run --json", wall([*common, "-c", *files], args.runs)),
         ]
         from kexec_py.boundary.backends.linux import LinuxBackend
-        from kexec_py.load import loader
+        from kexec_py.load import execute, request
 
         be = LinuxBackend(root)
-        req = loader.LoadRequest(kernel=kernel, initrd=initrd, cmdline="console=ttyS0 quiet",
+        req = request.LoadRequest(kernel=kernel, initrd=initrd, cmdline="console=ttyS0 quiet",
                                  syscall="load")
-        loader.plan_kexec_load(be, req, bytes(32))  # warm the imports
+        execute.plan_kexec_load(be, req, bytes(32))  # warm the imports
         inproc = []
         for _ in range(max(args.runs, 50)):
             t0 = time.perf_counter()
-            plan = loader.plan_kexec_load(be, req, os.urandom(32))
+            plan = execute.plan_kexec_load(be, req, os.urandom(32))
             inproc.append(time.perf_counter() - t0)
         segs = plan.segments
     print(f"kernel {kernel} ({kernel.stat().st_size} bytes), initrd 30,000,000 bytes (sparse), "

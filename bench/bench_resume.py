@@ -86,7 +86,7 @@ def measure(image: Path, kind: str) -> dict[str, float | int]:
     on the null kernel)."""
     from kexec_py.boundary.backends.model import ModelBackend
     from kexec_py.formats.vmcore import open_core
-    from kexec_py.hibernate import core as hibernate
+    from kexec_py.hibernate import resume
     from kexec_py.load import staging
     from kexec_py.model.config import ModelConfig, pc_layout
 
@@ -102,7 +102,7 @@ def measure(image: Path, kind: str) -> dict[str, float | int]:
         t1 = time.perf_counter()
         with open_core(image) as img:
             t2 = time.perf_counter()
-            sp = hibernate.plan_resume(be, img, staged="auto")
+            sp = resume.plan_resume(be, img, staged="auto")
             t3 = time.perf_counter()
             res = staging.execute(be, sp)
             t4 = time.perf_counter()

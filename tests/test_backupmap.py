@@ -346,7 +346,7 @@ def test_vmcore_view_of_a_backup_map() -> None:
     built from them: the file parses as an image whose every PT_LOAD holds
     the original memory."""
     from kexec_py.formats.vmcore import parse_core
-    from kexec_py.hibernate.core import VmcoreView
+    from kexec_py.hibernate.vmcore import VmcoreView
 
     size = 0x400000
     rnd = random.Random(5)

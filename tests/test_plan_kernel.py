@@ -48,7 +48,7 @@ from kernelgen import iomem_for, make_bzimage, make_elf, vmlinux_spec, write
 from kexec_py.boundary import abi, procfs
 from kexec_py.errors import FormatError, PlanError, SyscallError, UnsupportedError
 from kexec_py.frontend.cli import cli
-from kexec_py.load import loader
+from kexec_py.load import execute, request
 from kexec_py.segments import Segment
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -174,9 +174,9 @@ def test_preserve_context_window_too_large(inputs: dict[str, Path]) -> None:
 
 def test_jump_back_digits_are_in_the_command_line(inputs: dict[str, Path]) -> None:
     be = FakeBackend(inputs["root"])
-    req = loader.LoadRequest(kernel=inputs["vmlinux"], cmdline="quiet", syscall="load",
+    req = request.LoadRequest(kernel=inputs["vmlinux"], cmdline="quiet", syscall="load",
                              preserve_context=True, mem_min=0x1000000, mem_max=0x3FFFFFF)
-    plan = loader.plan_kexec_load(be, req, bytes(32))
+    plan = execute.plan_kexec_load(be, req, bytes(32))
     params = next(s for s in plan.segments if s.name == "boot_params")
     stub = next(s for s in plan.segments if s.name == "entry stub")
     assert params.buf is not None and stub.buf is not None
@@ -258,8 +258,8 @@ class FakeBackend:
 @pytest.mark.parametrize("err", [errno.ENOSYS, errno.EINVAL, errno.ENOEXEC, errno.ENOTSUP])
 def test_auto_falls_back_to_kexec_load(inputs: dict[str, Path], err: int) -> None:
     be = FakeBackend(inputs["root"], err)
-    req = loader.LoadRequest(kernel=inputs["bzimage"], initrd=inputs["initrd"], cmdline=CMDLINE)
-    res = loader.load(be, req)  # type: ignore[arg-type]
+    req = request.LoadRequest(kernel=inputs["bzimage"], initrd=inputs["initrd"], cmdline=CMDLINE)
+    res = execute.load(be, req)  # type: ignore[arg-type]
     assert [c[0] for c in be.calls] == ["kexec_file_load", "kexec_load"]
     assert res.syscall == "kexec_load" and res.fallback_from and res.plan is not None
     assert be.calls[1][3] == 0x3E0000
@@ -269,34 +269,34 @@ def test_auto_falls_back_to_kexec_load(inputs: dict[str, Path], err: int) -> Non
                                  errno.EBUSY])
 def test_signature_and_other_errors_are_final(inputs: dict[str, Path], err: int) -> None:
     be = FakeBackend(inputs["root"], err)
-    req = loader.LoadRequest(kernel=inputs["bzimage"])
+    req = request.LoadRequest(kernel=inputs["bzimage"])
     with pytest.raises(SyscallError) as e:
-        loader.load(be, req)  # type: ignore[arg-type]
+        execute.load(be, req)  # type: ignore[arg-type]
     assert e.value.errno == err and [c[0] for c in be.calls] == ["kexec_file_load"]
 
 
 def test_s_never_falls_back_and_c_never_tries_file(inputs: dict[str, Path]) -> None:
     be = FakeBackend(inputs["root"], errno.ENOSYS)
     with pytest.raises(SyscallError):
-        loader.load(be, loader.LoadRequest(kernel=inputs["bzimage"], syscall="file"))  # type: ignore[arg-type]
+        execute.load(be, request.LoadRequest(kernel=inputs["bzimage"], syscall="file"))  # type: ignore[arg-type]
     be = FakeBackend(inputs["root"])
-    loader.load(be, loader.LoadRequest(kernel=inputs["bzimage"], syscall="load"))  # type: ignore[arg-type]
+    execute.load(be, request.LoadRequest(kernel=inputs["bzimage"], syscall="load"))  # type: ignore[arg-type]
     assert [c[0] for c in be.calls] == ["kexec_load"]
 
 
 def test_elf_and_kexec_load_options_skip_file_load(inputs: dict[str, Path]) -> None:
-    for req in (loader.LoadRequest(kernel=inputs["vmlinux"]),
-                loader.LoadRequest(kernel=inputs["bzimage"], mem_min=0x1000000),
-                loader.LoadRequest(kernel=inputs["bzimage"], entry=0x1C000200)):
+    for req in (request.LoadRequest(kernel=inputs["vmlinux"]),
+                request.LoadRequest(kernel=inputs["bzimage"], mem_min=0x1000000),
+                request.LoadRequest(kernel=inputs["bzimage"], entry=0x1C000200)):
         be = FakeBackend(inputs["root"])
-        loader.load(be, req)  # type: ignore[arg-type]
+        execute.load(be, req)  # type: ignore[arg-type]
         assert [c[0] for c in be.calls] == ["kexec_load"]
 
 
 def test_crash_fallback_is_refused(inputs: dict[str, Path]) -> None:
     be = FakeBackend(inputs["root"], errno.ENOEXEC)
     with pytest.raises(UnsupportedError, match="cannot fall back to kexec_load for a crash"):
-        loader.load(be, loader.LoadRequest(kernel=inputs["bzimage"], crash=True))  # type: ignore[arg-type]
+        execute.load(be, request.LoadRequest(kernel=inputs["bzimage"], crash=True))  # type: ignore[arg-type]
 
 
 def test_core_is_not_a_kernel(inputs: dict[str, Path], tmp_path: Path) -> None:
@@ -305,8 +305,8 @@ def test_core_is_not_a_kernel(inputs: dict[str, Path], tmp_path: Path) -> None:
     core = write(tmp_path / "core", make_elf(ElfSpec(loads=[Load(0x100000, 0x10, 0x10)],
                                                      e_type=4)))
     with pytest.raises(FormatError, match="is an ELF core") as e:
-        loader.plan_kexec_load(FakeBackend(inputs["root"]),  # type: ignore[arg-type]
-                               loader.LoadRequest(kernel=core, syscall="load"))
+        execute.plan_kexec_load(FakeBackend(inputs["root"]),  # type: ignore[arg-type]
+                               request.LoadRequest(kernel=core, syscall="load"))
     assert "kexec-py resume" in e.value.hint
 
 

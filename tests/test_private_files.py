@@ -17,7 +17,7 @@ from kexec_py.boundary.abi import PAGE_SIZE
 from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.errors import KexecError
 from kexec_py.frontend.cli import run
-from kexec_py.hibernate import core as hibernate
+from kexec_py.hibernate import save as hibsave
 from kexec_py.model.config import ModelConfig, pc_layout
 
 P = PAGE_SIZE
@@ -39,10 +39,10 @@ def core(tmp: Path) -> Path:
     return simple_core(loads).write(tmp / "vmcore")
 
 
-def save(tmp: Path, out: Path) -> hibernate.SaveResult:
-    src = hibernate.FileSource(core(tmp))
+def save(tmp: Path, out: Path) -> hibsave.SaveResult:
+    src = hibsave.FileSource(core(tmp))
     try:
-        return hibernate.save_image(src, out, jump_back=0x2000000)
+        return hibsave.save_image(src, out, jump_back=0x2000000)
     finally:
         src.close()
 
@@ -228,7 +228,7 @@ def test_a_failed_dump_leaves_the_old_file_and_no_part(tmp_path: Path) -> None:
 def test_a_failed_save_leaves_the_old_file_and_no_part(tmp_path: Path) -> None:
     out = tmp_path / "hib.img"
     out.write_bytes(b"the previous image")
-    src = hibernate.FileSource(core(tmp_path))
+    src = hibsave.FileSource(core(tmp_path))
     phase = [""]
     real = src.read
 
@@ -242,7 +242,7 @@ def test_a_failed_save_leaves_the_old_file_and_no_part(tmp_path: Path) -> None:
 
     src.read = read  # type: ignore[method-assign]
     with pytest.raises(KexecError, match="Input/output error"):
-        hibernate.save_image(src, out, jump_back=None, chunk=P, progress=progress)
+        hibsave.save_image(src, out, jump_back=None, chunk=P, progress=progress)
     src.close()
     assert out.read_bytes() == b"the previous image"
     assert not out.with_name("hib.img.part").exists()

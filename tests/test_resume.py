@@ -23,8 +23,8 @@ from kexec_py.errors import SyscallError, UnsupportedError
 from kexec_py.formats.vmcore import jump_back_note, open_core, parse_core
 from kexec_py.frontend.cli import run
 from kexec_py.frontend.demo import demo_kernel
-from kexec_py.hibernate import core as hibernate
-from kexec_py.load import loader, staging
+from kexec_py.hibernate import hibernating, vmcore
+from kexec_py.load import request, staging
 from kexec_py.model.config import ModelConfig, pc_layout
 
 P = PAGE_SIZE
@@ -372,7 +372,7 @@ def test_save_image_outside_a_hibernating_kernel(tmp_path: Path,
 
 def _hibernate(seed: int, collide: float, window: tuple[int, int], marks: list[int],
                tmp: Path, encoding: str = "elfcorehdr"
-               ) -> tuple[ModelBackend, bytes, staging.ExecResult, hibernate.HibernateLoad]:
+               ) -> tuple[ModelBackend, bytes, staging.ExecResult, hibernating.HibernateLoad]:
     cfg = ModelConfig(regions=pc_layout(64 * MIB), seed=seed, collide=collide)
     be = ModelBackend(tmp, persist=False, config=cfg)
     rnd = random.Random(seed)
@@ -380,9 +380,9 @@ def _hibernate(seed: int, collide: float, window: tuple[int, int], marks: list[i
         be.write_phys(a, f"marker {a:#x} ".encode() + rnd.randbytes(64))
     k = tmp / "k"
     k.write_bytes(demo_kernel())
-    req = loader.LoadRequest(kernel=k, cmdline="console=ttyS0", mem_min=window[0],
+    req = request.LoadRequest(kernel=k, cmdline="console=ttyS0", mem_min=window[0],
                              mem_max=window[1] - 1, preserve_context=True)
-    hl = hibernate.plan_hibernate_load(be, req, staged="auto", encoding=encoding,
+    hl = hibernating.plan_hibernate_load(be, req, staged="auto", encoding=encoding,
                                        rng_seed=bytes(32))
     ex = staging.execute(be, hl.staged)
     snap = be.read_phys(0, 64 * MIB)
@@ -406,7 +406,7 @@ def test_backup_map_shows_the_original_memory(tmp_path: Path, seed: int, collide
         assert ex.pagemap is not None
         back = dict(zip(ex.pagemap.src, ex.pagemap.dst, strict=True))
         moved = set(ex.pagemap.dst)
-        view = hibernate.model_vmcore(be)
+        view = vmcore.model_vmcore(be)
         data = view.read(0, view.size)
         img = parse_core(data, "vmcore")
         # destination pages the kernel loaded in place were free before the
@@ -427,9 +427,9 @@ def test_backup_map_shows_the_original_memory(tmp_path: Path, seed: int, collide
         ram_pages = sum(r.size for r in be.ram()) >> PAGE_SHIFT
         assert seen == ram_pages - len(in_place)
         # and the hibernating kernel is confined to the window, map excluded
-        cmd = hibernate.model_cmdline(be)
+        cmd = vmcore.model_cmdline(be)
         assert "memmap=exactmap" in cmd and f"@{hl.layout.region.start:#x}" in cmd
-        assert hibernate.jump_back_entry(cmd) == be.last_jump.jump_back_entry  # type: ignore[union-attr]
+        assert vmcore.jump_back_entry(cmd) == be.last_jump.jump_back_entry  # type: ignore[union-attr]
     finally:
         be.close()
 
@@ -444,10 +444,10 @@ def test_hibernation_load_backs_up_low_memory(tmp_path: Path) -> None:
         low = [s for c in hl.staged.plan.calls for s in c.segments if s.name == "low memory"]
         assert [(s.mem, s.end, s.bufsz) for s in low] == [(0x1000, 0x9F000, 0)]
         assert any("low memory" in n for n in hl.notes)
-        cmd = hibernate.model_cmdline(be)
+        cmd = vmcore.model_cmdline(be)
         assert "memmap=632K@4K" in cmd
         assert ex.pagemap is not None and 0x2 in set(ex.pagemap.dst)
-        view = hibernate.model_vmcore(be)
+        view = vmcore.model_vmcore(be)
         img = parse_core(view.read(0, view.size), "vmcore")
         for a in (0x2000, 0x9E000):
             seg = next(s for s in img.segments() if s.mem <= a < s.end)
@@ -463,7 +463,7 @@ def test_raw_backup_map_in_the_hibernating_kernel(tmp_path: Path) -> None:
     be, snap, ex, hl = _hibernate(5, 0.25, (8 * MIB, 24 * MIB), [0x900000, 0x2000000],
                                   tmp_path, encoding="raw")
     try:
-        cmd = hibernate.model_cmdline(be)
+        cmd = vmcore.model_cmdline(be)
         size, addr = backupmap.parse_size_at(backupmap.find_param(cmd, "kexec_backup_map") or "")
         pm = backupmap.parse_raw(be.read_phys(addr, size))
         assert ex.pagemap is not None
@@ -483,19 +483,19 @@ def test_note_areas_from_sysfs(tmp_path: Path) -> None:
         (d / "crash_notes_size").write_text("436\n")
     (tmp_path / "sys/kernel").mkdir(parents=True)
     (tmp_path / "sys/kernel/vmcoreinfo").write_text("2b1c000 1024\n")
-    areas = hibernate.note_areas(tmp_path)
+    areas = hibernating.note_areas(tmp_path)
     assert [(a.addr, a.size, a.name) for a in areas] == [
         (0x3F00000, 436, "cpu0"), (0x3F10000, 436, "cpu1"), (0x2B1C000, 0x1024, "vmcoreinfo")]
-    assert hibernate.note_areas(tmp_path / "none") == []
+    assert hibernating.note_areas(tmp_path / "none") == []
 
 
 def test_unsupported_backend_for_model_vmcore() -> None:
     with pytest.raises(UnsupportedError):
-        hibernate.model_vmcore(object())
+        vmcore.model_vmcore(object())
 
 
 def test_jump_back_entry_parsing() -> None:
-    assert hibernate.jump_back_entry("a=1 kexec_jump_back_entry=0x1000 b") == 0x1000
-    assert hibernate.jump_back_entry("kexec_jump_back_entry=0x0000000000000000") is None
-    assert hibernate.jump_back_entry("quiet") is None
+    assert vmcore.jump_back_entry("a=1 kexec_jump_back_entry=0x1000 b") == 0x1000
+    assert vmcore.jump_back_entry("kexec_jump_back_entry=0x0000000000000000") is None
+    assert vmcore.jump_back_entry("quiet") is None
     assert struct.calcsize("<Q") == 8 and sys.byteorder in ("little", "big")

@@ -12,11 +12,11 @@ from kernelgen import make_bzimage
 
 from kexec_py.boundary.abi import Stage
 from kexec_py.boundary.backends import open_backend
+from kexec_py.boundary.backends.linux import LinuxBackend
 from kexec_py.boundary.procfs import parse_meminfo_total
 from kexec_py.errors import PlanError, UnsupportedError
 from kexec_py.frontend.cli import cli
-from kexec_py.hibernate.core import call_budget
-from kexec_py.load.staging import plan_load
+from kexec_py.load.staging import call_budget, plan_load
 from kexec_py.ranges import MemRegion, Range
 from kexec_py.segments import Segment
 
@@ -59,10 +59,11 @@ def test_meminfo_total() -> None:
 
 def test_call_budget_follows_memtotal(tmp_path: Path) -> None:
     ram = [MemRegion(Range(0x100000, 0x20000000), "System RAM")]  # ~511 MiB of firmware RAM
-    assert call_budget(ram) == (0x1FF00 // 2) * 9 // 10 * P
     root = make_root(tmp_path, memmap=QEMU_MEMMAP)
+    # no MemTotal to go by: the memory map's RAM
+    assert call_budget(ram, LinuxBackend(root)) == (0x1FF00 // 2) * 9 // 10 * P
     (root / "proc/meminfo").write_text("MemTotal:  393216 kB\n")  # booted with mem=384M
-    assert call_budget(ram, root) == (393216 // 4 // 2) * 9 // 10 * P
+    assert call_budget(ram, LinuxBackend(root)) == (393216 // 4 // 2) * 9 // 10 * P
 
 
 def test_cli_dry_run_four_calls(tmp_path: Path) -> None:

@@ -290,35 +290,29 @@ def load(c: Ctx, kernel: Path, initrd: Path | None, append: str | None, reuse_cm
          segments_per_call: int | None, backup_map: str | None) -> None:
     """Load KERNEL to be booted by 'exec' (or on panic with -p)."""
     from kexec_py.boundary import procfs
-    from kexec_py.load import loader
+    from kexec_py.load import execute
+    from kexec_py.load.request import LoadRequest
 
     if staged is not None or backup_map is not None or segments_per_call is not None:
         _load_staged(c, kernel, initrd, append, reuse_cmdline, crash, syscall, image_type,
                      entry, mem_min, mem_max, preserve_context, dry_run, staged or "auto",
                      backup_map, segments_per_call or KEXEC_SEGMENT_MAX)
         return
-    if syscall == "file":
-        only = [o for o, on in (("--entry", entry is not None), ("--mem-min", mem_min != 0),
-                                ("--mem-max", mem_max is not None),
-                                ("--load-preserve-context", preserve_context)) if on]
-        if only:
-            raise click.UsageError(f"{', '.join(only)} need kexec_load: drop -s or use -c")
-    if crash and preserve_context:
-        raise click.UsageError("-p and --load-preserve-context exclude each other")
-    cmdline = append
+    req = LoadRequest(kernel=kernel, initrd=initrd, crash=crash, syscall=syscall, entry=entry,
+                      mem_min=mem_min, mem_max=mem_max, preserve_context=preserve_context,
+                      image_type=image_type)
+    req.validate()
+    req.cmdline = append
     if reuse_cmdline:
-        cmdline = procfs.reuse_cmdline(c.backend().cmdline(), append, crash)
-    req = loader.LoadRequest(kernel=kernel, initrd=initrd, cmdline=cmdline, crash=crash,
-                             syscall=syscall, entry=entry, mem_min=mem_min, mem_max=mem_max,
-                             preserve_context=preserve_context, image_type=image_type)
+        req.cmdline = procfs.reuse_cmdline(c.backend().cmdline(), append, crash)
     be = c.backend()
     if dry_run:
-        plan = loader.dry_run_plan(be, req, bytes(32))
+        plan = execute.dry_run_plan(be, req, bytes(32))
         _print_plan(c, plan)
         return
     c.lock()
     hold()  # from the load on, it is finished and reported
-    res = loader.load(be, req)
+    res = execute.load(be, req)
     if res.fallback_from:
         c.log(1, f"{res.fallback_from}: falling back to kexec_load")
     if c.json:
@@ -352,12 +346,12 @@ def _console() -> Any:
 def inspect(c: Ctx, image: Path) -> None:
     """Show what IMAGE is (bzImage, ELF kernel, ELF core), its header fields
     and the segments kexec_load would get from it."""
-    from kexec_py.load import loader
+    from kexec_py.load.inspect import inspect_image
 
     def memmap() -> Any:
         return c.backend().memory_map()
 
-    report = loader.inspect_image(image, memmap, c.root)
+    report = inspect_image(image, memmap, c.root)
     hold()
     if c.json:
         emit_json(report)
@@ -404,12 +398,12 @@ def exec_(c: Ctx, no_sync: bool) -> None:
 @pass_ctx
 def unload(c: Ctx, crash: bool) -> None:
     """Unload the loaded kernel (like 'kexec -u')."""
-    from kexec_py.load import loader
+    from kexec_py.load.execute import unload as unload_kernel
 
     be = c.backend()
     c.lock()
     hold()
-    how = loader.unload(be, crash)
+    how = unload_kernel(be, crash)
     if c.json:
         emit_json({"unloaded": True, "crash": crash, "syscall": how})
     else:
@@ -626,8 +620,9 @@ def _load_staged(c: Ctx, kernel: Path, initrd: Path | None, append: str | None,
     import os as _os
 
     from kexec_py.boundary import procfs
-    from kexec_py.hibernate import core as hibernate
-    from kexec_py.load import loader
+    from kexec_py.hibernate.hibernating import plan_hibernate_load
+    from kexec_py.load.execute import plan_staged_kernel
+    from kexec_py.load.request import LoadRequest
 
     if syscall == "file":
         raise click.UsageError("--staged loads with kexec_load: drop -s")
@@ -644,19 +639,18 @@ def _load_staged(c: Ctx, kernel: Path, initrd: Path | None, append: str | None,
     cmdline = append
     if reuse_cmdline:
         cmdline = procfs.reuse_cmdline(be.cmdline(), append, False)
-    req = loader.LoadRequest(kernel=kernel, initrd=initrd, cmdline=cmdline, syscall="load",
-                             entry=entry, mem_min=mem_min, mem_max=mem_max,
-                             preserve_context=preserve_context, image_type=image_type)
+    req = LoadRequest(kernel=kernel, initrd=initrd, cmdline=cmdline, syscall="load",
+                      entry=entry, mem_min=mem_min, mem_max=mem_max,
+                      preserve_context=preserve_context, image_type=image_type)
     seed = bytes(32) if dry_run else _os.urandom(32)
     layout = None
     if hib:
-        hl = hibernate.plan_hibernate_load(be, req, staged=staged,
-                                           encoding=backup_map or "elfcorehdr", rng_seed=seed,
-                                           max_segments=segments_per_call)
+        hl = plan_hibernate_load(be, req, staged=staged, encoding=backup_map or "elfcorehdr",
+                                 rng_seed=seed, max_segments=segments_per_call)
         sp, layout, cmdline = hl.staged, hl.layout, hl.cmdline
     else:
-        sp = hibernate.plan_staged_kernel(be, req, staged=staged, rng_seed=seed,
-                                          max_segments=segments_per_call)
+        sp = plan_staged_kernel(be, req, staged=staged, rng_seed=seed,
+                                max_segments=segments_per_call)
     if dry_run:
         _print_plan(c, sp.plan)
         return
@@ -748,12 +742,11 @@ def resume(c: Ctx, image: Path, entry: int | None, staged: str, segments_per_cal
     """Load hibernation IMAGE (an ELF core) for 'exec': every PT_LOAD at its
     physical address, entered at the image's jump-back entry."""
     from kexec_py.formats.vmcore import open_core
-    from kexec_py.hibernate import core as hibernate
+    from kexec_py.hibernate.resume import plan_resume
 
     be = c.backend()
     with open_core(image) as img:
-        sp = hibernate.plan_resume(be, img, entry=entry, staged=staged,
-                                   max_segments=segments_per_call)
+        sp = plan_resume(be, img, entry=entry, staged=staged, max_segments=segments_per_call)
         if dry_run:
             _print_plan(c, sp.plan)
             return
@@ -785,20 +778,20 @@ def save_image(c: Ctx, out: Path, source: str | None, entry: int | None,
     """In the hibernating kernel: stream /proc/vmcore to OUT as a hibernation
     image, recording the jump-back entry so that 'resume OUT' needs no --entry."""
     from kexec_py.frontend.output import ProgressBar
-    from kexec_py.hibernate import core as hibernate
+    from kexec_py.hibernate import save, vmcore
 
     be = c.backend()
     if source is None:
         source = "model:" if be.name == "model" else str(c.root / "proc/vmcore")
     src: Any
     if source == "model:":
-        src = hibernate.model_vmcore(be)
-        cmdline = hibernate.model_cmdline(be)
+        src = vmcore.model_vmcore(be)
+        cmdline = vmcore.model_cmdline(be)
     else:
-        src = hibernate.FileSource(Path(source))
+        src = save.FileSource(Path(source))
         cmdline = be.cmdline()
     if entry is None:
-        entry = hibernate.jump_back_entry(cmdline)
+        entry = vmcore.jump_back_entry(cmdline)
         if entry is None:
             info("warning: no kexec_jump_back_entry= on /proc/cmdline: the image records no "
                  "entry, and 'resume' will need --entry")
@@ -807,7 +800,7 @@ def save_image(c: Ctx, out: Path, source: str | None, entry: int | None,
             bar.description = f"{phase} {out.name}"
             bar.update(done, total)
 
-        r = hibernate.save_image(src, out, jump_back=entry, keep_zero_pages=keep_zero_pages,
+        r = save.save_image(src, out, jump_back=entry, keep_zero_pages=keep_zero_pages,
                                  progress=progress)
     hold()
     if c.json:

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 
     from kexec_py.boundary.backends import Backend
     from kexec_py.boundary.lock import LoadLock
+    from kexec_py.load.image import MappedFile
+    from kexec_py.load.request import LoadRequest
 
 #: kexec-tools' return values as exit statuses (main() returns them)
 EXIT_OK = 0
@@ -709,7 +711,7 @@ def _failed_call(what: str, e: KexecError) -> Failed:
 
 def _unload(p: Plan, env: Env) -> None:
     from kexec_py.boundary import abi
-    from kexec_py.load import loader
+    from kexec_py.load.execute import unload
 
     be = env.backend()
     try:
@@ -722,7 +724,7 @@ def _unload(p: Plan, env: Env) -> None:
         elif p.syscall == "load":
             be.kexec_load(0, [], abi.KEXEC_ON_CRASH if p.crash else 0)
         else:
-            loader.unload(be, p.crash)
+            unload(be, p.crash)
     except Failed:
         raise
     except KexecError as e:
@@ -758,7 +760,8 @@ def _check_file(path: str) -> None:
 
 
 def _load(p: Plan, env: Env) -> None:
-    from kexec_py.load import loader
+    from kexec_py.load.execute import load, open_inputs
+    from kexec_py.load.request import IMAGE_TYPES, LoadRequest
 
     if p.kernel is None:
         raise Failed("No kernel specified", EXIT_FAILED,
@@ -768,72 +771,70 @@ def _load(p: Plan, env: Env) -> None:
     _check_file(p.kernel)
     if p.initrd is not None:
         _check_file(p.initrd)
-    mapped = loader.map_file(Path(p.kernel), "kernel")
-    kind = loader.image_kind(mapped.data)
-    mapped.close()
-    found = {"bzImage": "bzImage64", "elf-kernel": "elf-x86_64"}.get(kind)
-    if p.image_type is not None:
-        if p.image_type not in TYPES:
-            raise Failed(f"Unsupported kernel type {p.image_type}", EXIT_FAILED,
-                         hint="kexec-py knows -t bzImage64 and -t elf-x86_64")
-        if TYPES[p.image_type] is None:
-            raise Failed(f"Unsupported kernel type {p.image_type}", EXIT_FAILED,
-                         hint=f"not implemented by kexec-py: {_NOT_X86_64}")
-    if found is None:
-        raise Failed(f"Cannot determine the file type of {p.kernel}", EXIT_FAILED,
-                     hint="give an x86_64 bzImage (/boot/vmlinuz-*) or an ELF vmlinux"
-                     + ("; an ELF core is resumed with 'kexec-py resume'"
-                        if kind == "elf-core" else ""))
-    if p.image_type is not None and p.image_type != found:
-        raise Failed(f"Wrong file type {p.image_type}, file matches type {found}", EXIT_FAILED,
-                     hint=f"drop -t, or give -t {found}")
-    if p.args_none:
-        if found != "elf-x86_64":
-            raise Failed(f"kexec: --args-none applies to ELF images, and {p.kernel} is a "
-                         "bzImage", EXIT_USAGE, hint="drop --args-none")
-        if p.syscall == "file":
-            raise Failed("kexec: --args-none needs kexec_load", EXIT_USAGE,
-                         hint="drop -s (kexec_file_load takes only bzImages)")
-        if p.initrd is not None or p.append is not None or p.reuse_cmdline:
-            raise Failed("kexec: --args-none passes no command line and no initrd",
-                         EXIT_USAGE, hint="drop --append/--reuse-cmdline/--initrd")
-    cmdline = _cmdline(p, env)
-    req = loader.LoadRequest(kernel=Path(p.kernel),
-                             initrd=Path(p.initrd) if p.initrd is not None else None,
-                             cmdline=cmdline, crash=p.crash, syscall=p.syscall,
-                             entry=p.entry, mem_min=p.mem_min, mem_max=p.mem_max,
-                             preserve_context=p.preserve_context, image_type=found)
-    be = env.backend()
-    try:
+    req = LoadRequest(kernel=Path(p.kernel),
+                      initrd=Path(p.initrd) if p.initrd is not None else None,
+                      crash=p.crash, syscall=p.syscall, entry=p.entry, mem_min=p.mem_min,
+                      mem_max=p.mem_max, preserve_context=p.preserve_context)
+    with open_inputs(req) as inputs:
+        kind = inputs.image.kind
+        found = next((t for t, k in IMAGE_TYPES.items() if k == kind), None)
+        if p.image_type is not None:
+            if p.image_type not in TYPES:
+                raise Failed(f"Unsupported kernel type {p.image_type}", EXIT_FAILED,
+                             hint="kexec-py knows -t bzImage64 and -t elf-x86_64")
+            if TYPES[p.image_type] is None:
+                raise Failed(f"Unsupported kernel type {p.image_type}", EXIT_FAILED,
+                             hint=f"not implemented by kexec-py: {_NOT_X86_64}")
+        if found is None:
+            raise Failed(f"Cannot determine the file type of {p.kernel}", EXIT_FAILED,
+                         hint="give an x86_64 bzImage (/boot/vmlinuz-*) or an ELF vmlinux"
+                         + ("; an ELF core is resumed with 'kexec-py resume'"
+                            if kind == "elf-core" else ""))
+        if p.image_type is not None and p.image_type != found:
+            raise Failed(f"Wrong file type {p.image_type}, file matches type {found}",
+                         EXIT_FAILED, hint=f"drop -t, or give -t {found}")
         if p.args_none:
-            _load_args_none(be, req)
-        else:
-            loader.load(be, req)
-    except KexecError as e:
-        raise _load_failure(e, req) from None
+            if found != "elf-x86_64":
+                raise Failed(f"kexec: --args-none applies to ELF images, and {p.kernel} is a "
+                             "bzImage", EXIT_USAGE, hint="drop --args-none")
+            if p.syscall == "file":
+                raise Failed("kexec: --args-none needs kexec_load", EXIT_USAGE,
+                             hint="drop -s (kexec_file_load takes only bzImages)")
+            if p.initrd is not None or p.append is not None or p.reuse_cmdline:
+                raise Failed("kexec: --args-none passes no command line and no initrd",
+                             EXIT_USAGE, hint="drop --append/--reuse-cmdline/--initrd")
+        req.cmdline = _cmdline(p, env)
+        req.image_type = found
+        be = env.backend()
+        try:
+            if p.args_none:
+                _load_args_none(be, req, inputs.image)
+            else:
+                load(be, req, inputs)
+        except KexecError as e:
+            raise _load_failure(e, req) from None
 
 
-def _load_args_none(be: Backend, req: Any) -> None:  # req: loader.LoadRequest
+def _load_args_none(be: Backend, req: LoadRequest, image: MappedFile) -> None:
     """--args-none for an ELF image: its PT_LOADs at their physical
     addresses and the ELF entry point; no entry stub, no boot parameters."""
     from kexec_py.arch.x86.placement import ram_bytes
     from kexec_py.formats import elf
-    from kexec_py.load import loader
+    from kexec_py.load.execute import pack_plan
+    from kexec_py.load.kernel import kexec_load_flags
 
-    f = loader.map_file(req.kernel, "kernel")
-    img = elf.parse(f.data, str(req.kernel))
+    img = elf.parse(image.data, str(req.kernel))
     elf.check_kernel(img)
     segs = elf.load_segments(img, "kernel PT_LOAD")
     entry = req.entry if req.entry is not None else img.physical_entry()
     memmap = be.memory_map()
-    plan = loader.pack_plan(sorted(segs, key=lambda s: s.mem), entry,
-                            loader.kexec_load_flags(req.preserve_context, req.crash),
-                            [], ram_bytes(memmap))
+    plan = pack_plan(sorted(segs, key=lambda s: s.mem), entry,
+                     kexec_load_flags(req.preserve_context, req.crash), [], ram_bytes(memmap))
     call = plan.calls[0]
     be.kexec_load(plan.entry, call.segments, call.flags)
 
 
-def _load_failure(e: KexecError, req: Any) -> Failed:
+def _load_failure(e: KexecError, req: LoadRequest) -> Failed:
     from kexec_py.errors import FormatError, SyscallError, UnsupportedError
 
     if isinstance(e, SyscallError):

@@ -29,9 +29,13 @@ from typing import TYPE_CHECKING
 from kexec_py.boundary.abi import PAGE_SHIFT, PAGE_SIZE
 from kexec_py.formats import bzimage
 from kexec_py.formats.vmcore import open_core
-from kexec_py.hibernate import core as hibernate
+from kexec_py.hibernate.hibernating import plan_hibernate_load
+from kexec_py.hibernate.resume import plan_resume
+from kexec_py.hibernate.save import save_image
+from kexec_py.hibernate.vmcore import jump_back_entry, model_cmdline, model_vmcore
 from kexec_py.hibernate.window import moved_runs, parse_elfcorehdr
-from kexec_py.load import loader, staging
+from kexec_py.load import staging
+from kexec_py.load.request import LoadRequest
 from kexec_py.ranges import Range
 
 if TYPE_CHECKING:
@@ -192,10 +196,10 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
     con.print(Rule("2. A loads the hibernating kernel B (staged, preserve context, backup map)"))
     kernel = workdir / "demo-kernel-B.bzImage"
     kernel.write_bytes(demo_kernel())
-    req = loader.LoadRequest(kernel=kernel, cmdline="console=ttyS0 quiet",
-                             mem_min=WINDOW.start, mem_max=WINDOW.end - 1,
-                             preserve_context=True)
-    hl = hibernate.plan_hibernate_load(be, req, staged="always", rng_seed=bytes(32))
+    req = LoadRequest(kernel=kernel, cmdline="console=ttyS0 quiet",
+                      mem_min=WINDOW.start, mem_max=WINDOW.end - 1,
+                      preserve_context=True)
+    hl = plan_hibernate_load(be, req, staged="always", rng_seed=bytes(32))
     _stage_table(con, "the staged load", hl.staged)
     total = sum(s.memsz for c in hl.staged.plan.calls for s in c.segments)
     with _Progress(con, "loading B", total) as bar:
@@ -231,13 +235,13 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
     be.reboot_kexec()
     rec = be.last_jump
     assert rec is not None
-    cmdline = hibernate.model_cmdline(be)
+    cmdline = model_cmdline(be)
     _kv(con, "the jump", [("what", f"{rec.what} to {rec.entry:#x}: {rec.pages} pages swapped"),
                           ("B's /proc/cmdline", cmdline)])
 
     # --- 4. B's view of A ------------------------------------------------------------------
     con.print(Rule("4. B reads A's memory through /proc/vmcore (the backup map)"))
-    view = hibernate.model_vmcore(be)
+    view = model_vmcore(be)
     vm = view.read(0, view.size)
     from kexec_py.formats.vmcore import parse_core
 
@@ -267,7 +271,7 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
     con.print(Rule("5. B saves the image (save-image)"))
     out = workdir / "hibernation.img"
     with _Progress(con, "saving", view.size) as bar:
-        saved = hibernate.save_image(view, out, jump_back=hibernate.jump_back_entry(cmdline),
+        saved = save_image(view, out, jump_back=jump_back_entry(cmdline),
                                      progress=bar.bytes)
     res.image = out
     _kv(con, "the image", [
@@ -290,7 +294,7 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
     # --- 7. resume ---------------------------------------------------------------------------
     con.print(Rule("7. C resumes the image in stages and executes it"))
     with open_core(out) as image:
-        sp = hibernate.plan_resume(be, image, staged="always")
+        sp = plan_resume(be, image, staged="always")
         _stage_table(con, f"resume of {out.name}", sp)
         total = sum(s.memsz for c in sp.plan.calls for s in c.segments)
         with _Progress(con, "resuming", total) as bar:

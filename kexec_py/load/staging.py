@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Literal
 
-from kexec_py.boundary.abi import KEXEC_SEGMENT_MAX, PAGE_SIZE, Stage, stage_flags
+from kexec_py.boundary.abi import KEXEC_SEGMENT_MAX, PAGE_SHIFT, PAGE_SIZE, Stage, stage_flags
 from kexec_py.boundary.backends import Backend
 from kexec_py.boundary.procfs import PageMap
 from kexec_py.errors import KexecError, PlanError, SyscallError, UnsupportedError
 from kexec_py.load.plan import Call, Plan
+from kexec_py.ranges import MemRegion, ram_ranges
 from kexec_py.segments import Segment, check_segments
 
 StagedMode = Literal["auto", "always", "never"]
@@ -90,6 +91,21 @@ class StagedPlan:
 
 # --- planning -------------------------------------------------------------------------
 
+
+
+def call_budget(memmap: Sequence[MemRegion], backend: Backend) -> int:
+    """Bytes of segments one kexec_load call may carry: the kernel refuses
+    more than half of ``totalram_pages()``.  That is the RAM the backend's
+    kernel counts (:meth:`Backend.total_ram`: MemTotal of /proc/meminfo
+    for a real kernel, what a kernel booted with ``mem=`` or confined by
+    ``memmap=`` really has) when it says, else the RAM of the memory map,
+    which is a little more; kexec-py keeps to 90 % of the half."""
+    pages = sum((r.end >> PAGE_SHIFT) - ((r.start + PAGE_SIZE - 1) >> PAGE_SHIFT)
+                for r in ram_ranges(memmap))
+    total = backend.total_ram()
+    if total is not None:
+        pages = min(pages, total >> PAGE_SHIFT) if pages else total >> PAGE_SHIFT
+    return max(PAGE_SIZE, (pages // 2) * 9 // 10 * PAGE_SIZE)
 
 def split_segment(seg: Segment, max_bytes: int) -> list[Segment]:
     """``seg`` cut into page-aligned pieces of at most ``max_bytes`` of

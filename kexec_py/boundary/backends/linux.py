@@ -173,6 +173,11 @@ class LinuxBackend:
     def memory_map(self) -> list[MemRegion]:
         return procfs.memory_map(self.root)
 
+    def total_ram(self) -> int | None:
+        """MemTotal of /proc/meminfo: what a kernel booted with ``mem=`` or
+        confined by ``memmap=`` really has."""
+        return procfs.mem_total(self.root)
+
     def cmdline(self) -> str:
         c = procfs.cmdline(self.root)
         if c is None:

@@ -502,6 +502,10 @@ class ModelBackend:
     def memory_map(self) -> list[MemRegion]:
         return list(self._kernel().config.regions)
 
+    def total_ram(self) -> int | None:
+        """None: the model's RAM is its memory map."""
+        return None
+
     def cmdline(self) -> str:
         return self._kernel().level.cmdline
 

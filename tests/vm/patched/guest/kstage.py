@@ -501,12 +501,12 @@ def plan_kernel(marker, kernel="/boot/vmlinuz", initrd="/boot/stage2.cpio.gz"):
     """kexec-py's one-call kexec_load plan of KERNEL + INITRD (its placement,
     boot_params and entry stub): (entry, {segment name: Segment})."""
     from kexec_py.boundary.backends.linux import LinuxBackend
-    from kexec_py.load import loader
+    from kexec_py.load import execute, request
 
-    req = loader.LoadRequest(kernel=Path(kernel), initrd=Path(initrd),
+    req = request.LoadRequest(kernel=Path(kernel), initrd=Path(initrd),
                              cmdline=f"console=ttyS0 panic=-1 KEXEC_PY_MARKER={marker}",
                              syscall="load")
-    plan = loader.plan_kexec_load(LinuxBackend(Path("/")), req)
+    plan = execute.plan_kexec_load(LinuxBackend(Path("/")), req)
     segs = {s.name: s for s in plan.calls[0].segments}
     info("plan: " + ", ".join(f"{s.name} {s.mem:#x}+{s.memsz:#x}" for s in segs.values()))
     return plan.entry, segs
@@ -709,12 +709,12 @@ def kpy_stages(core, entry):
 
     from kexec_py.boundary.backends.linux import LinuxBackend
     from kexec_py.formats.vmcore import open_core
-    from kexec_py.hibernate import core as hibernate
+    from kexec_py.hibernate import resume
     from kexec_py.load.staging import execute
 
     be = LinuxBackend(Path("/"))
     img = open_core(core)
-    sp = hibernate.plan_resume(be, img, entry=entry, staged="always")
+    sp = resume.plan_resume(be, img, entry=entry, staged="always")
     stages = [c.stage.label for c in sp.plan.calls]
     info(f"kpy-stages: {len(img.loads)} PT_LOADs in {len(stages)} calls: {' '.join(stages)}")
     check("kpy-stages/four-calls-or-more", len(stages) >= 4 and stages.count("mid") >= 2,
