@@ -93,6 +93,9 @@ class Recorder:
     def status(self) -> Status:
         return Status(backend=self.name, loaded=self.loaded, crash_loaded=self.crash_loaded)
 
+    def image_loaded(self, crash: bool) -> bool | None:
+        return self.crash_loaded if crash else self.loaded
+
     def memory_map(self) -> Any:
         return procfs.memory_map(self.root)
 

@@ -406,7 +406,7 @@ def test_backup_map_shows_the_original_memory(tmp_path: Path, seed: int, collide
         assert ex.pagemap is not None
         back = dict(zip(ex.pagemap.src, ex.pagemap.dst, strict=True))
         moved = set(ex.pagemap.dst)
-        view = vmcore.model_vmcore(be)
+        view = vmcore.backend_vmcore(be)
         data = view.read(0, view.size)
         img = parse_core(data, "vmcore")
         # destination pages the kernel loaded in place were free before the
@@ -427,7 +427,7 @@ def test_backup_map_shows_the_original_memory(tmp_path: Path, seed: int, collide
         ram_pages = sum(r.size for r in be.ram()) >> PAGE_SHIFT
         assert seen == ram_pages - len(in_place)
         # and the hibernating kernel is confined to the window, map excluded
-        cmd = vmcore.model_cmdline(be)
+        cmd = be.cmdline()
         assert "memmap=exactmap" in cmd and f"@{hl.layout.region.start:#x}" in cmd
         assert vmcore.jump_back_entry(cmd) == be.last_jump.jump_back_entry  # type: ignore[union-attr]
     finally:
@@ -444,10 +444,10 @@ def test_hibernation_load_backs_up_low_memory(tmp_path: Path) -> None:
         low = [s for c in hl.staged.plan.calls for s in c.segments if s.name == "low memory"]
         assert [(s.mem, s.end, s.bufsz) for s in low] == [(0x1000, 0x9F000, 0)]
         assert any("low memory" in n for n in hl.notes)
-        cmd = vmcore.model_cmdline(be)
+        cmd = be.cmdline()
         assert "memmap=632K@4K" in cmd
         assert ex.pagemap is not None and 0x2 in set(ex.pagemap.dst)
-        view = vmcore.model_vmcore(be)
+        view = vmcore.backend_vmcore(be)
         img = parse_core(view.read(0, view.size), "vmcore")
         for a in (0x2000, 0x9E000):
             seg = next(s for s in img.segments() if s.mem <= a < s.end)
@@ -463,7 +463,7 @@ def test_raw_backup_map_in_the_hibernating_kernel(tmp_path: Path) -> None:
     be, snap, ex, hl = _hibernate(5, 0.25, (8 * MIB, 24 * MIB), [0x900000, 0x2000000],
                                   tmp_path, encoding="raw")
     try:
-        cmd = vmcore.model_cmdline(be)
+        cmd = be.cmdline()
         size, addr = backupmap.parse_size_at(backupmap.find_param(cmd, "kexec_backup_map") or "")
         pm = backupmap.parse_raw(be.read_phys(addr, size))
         assert ex.pagemap is not None
@@ -489,9 +489,11 @@ def test_note_areas_from_sysfs(tmp_path: Path) -> None:
     assert hibernating.note_areas(tmp_path / "none") == []
 
 
-def test_unsupported_backend_for_model_vmcore() -> None:
+def test_unsupported_backend_for_model_vmcore(tmp_path: Path) -> None:
+    from kexec_py.boundary.backends.linux import LinuxBackend
+
     with pytest.raises(UnsupportedError):
-        vmcore.model_vmcore(object())
+        vmcore.backend_vmcore(LinuxBackend(tmp_path))
 
 
 def test_jump_back_entry_parsing() -> None:

@@ -376,15 +376,20 @@ def exec_(c: Ctx, no_sync: bool) -> None:
     be = c.backend()
     c.lock()
     st = be.status()
-    if st.loaded is False and not _model_can_return(be):
+    if st.loaded is False and not be.can_return():
         raise KexecError("no kernel is loaded", "run 'kexec-py load KERNEL' first")
     if not no_sync:
         c.log(1, "syncing file systems")
         be.sync()
     hold()
     be.reboot_kexec()
-    if be.name == "model":
-        _model_exec_report(c, be)
+    report = be.exec_report()
+    if report is not None:
+        if c.json:
+            emit_json(report.document)
+        else:
+            for line in report.lines:
+                info(line)
         return
     if c.json:
         emit_json({"executed": True, "returned": True})
@@ -497,49 +502,6 @@ def pgmap(c: Ctx, raw: bool, limit: int) -> None:
     _console().print(table)
 
 
-def _model_of(c: Ctx, what: str) -> Any:
-    """The model backend, or an error naming ``what`` needs it."""
-    from kexec_py.boundary.backends.model import ModelBackend
-    from kexec_py.errors import UnsupportedError
-
-    be = c.backend()
-    if not isinstance(be, ModelBackend):
-        raise UnsupportedError(f"{what} works with the model backend only",
-                               "add --backend model (a real kernel's memory is /proc/vmcore)")
-    return be
-
-
-def _model_can_return(be: Backend) -> bool:
-    """The model runs a kernel entered by a preserve-context jump: exec with
-    nothing loaded returns to the kernel that jumped."""
-    if be.name != "model":
-        return False
-    from kexec_py.boundary.backends.model import ModelBackend
-
-    return isinstance(be, ModelBackend) and int(be.running()["depth"]) > 0
-
-
-def _model_exec_report(c: Ctx, be: Any) -> None:
-    """What exec did in the model (a real exec does not come back to say)."""
-    jump = be.last_jump
-    now = be.running()
-    if c.json:
-        emit_json({"executed": True, "returned": jump.what == "return",
-                   "model": jump.to_json(), "running": now["text"]})
-        return
-    if jump.what == "return":
-        info(f"model: returned to {jump.to_kernel}: {jump.pages} pages swapped back")
-    elif jump.what == "jump":
-        info(f"model: jumped to {jump.entry:#x} with preserve context ({jump.pages} pages "
-             f"swapped); now running {now['name']}; 'kexec-py exec' with nothing loaded "
-             "there returns")
-    else:
-        info(f"model: executed the image: {jump.pages} pages copied, jumped to "
-             f"{jump.entry:#x}; now running {now['name']}")
-    if jump.cmdline is not None and jump.what != "return":
-        info(f"model: its command line: {jump.cmdline}")
-
-
 @cli.command("dump-memory")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @pass_ctx
@@ -551,7 +513,7 @@ def dump_memory(c: Ctx, file: Path) -> None:
     state as JSON.  Check what exec produced with any ELF reader (readelf
     -l, gdb, crash, pyelftools).  Needs the model backend.
     """
-    be = _model_of(c, "dump-memory")
+    be = c.backend()
     # written to FILE.part and renamed (kexec_py.safefile.private_output): an
     # error or a signal leaves no half-written core behind
     res = be.dump_memory(file)
@@ -586,7 +548,7 @@ def model_reset(c: Ctx, memory: str | None, crashkernel: str | None, seed: int, 
     """
     from kexec_py.model import config as mc
 
-    be = _model_of(c, "model-reset")
+    be = c.backend()
     base = mc.config_for_root(c.root) if memory is None else mc.ModelConfig(
         regions=mc.pc_layout(mc.parse_size(memory)), ram_source=f"a PC with {memory} of RAM")
     regions = base.regions
@@ -596,14 +558,14 @@ def model_reset(c: Ctx, memory: str | None, crashkernel: str | None, seed: int, 
                          cap_sys_boot=not no_cap_sys_boot, ram_source=base.ram_source)
     c.lock()
     hold()
-    be.reset(cfg)
+    state = be.reset(cfg)
     ram = sum(r.range.size for r in cfg.regions if r.is_ram)
     if c.json:
-        emit_json({"reset": True, "state": str(be.state_path) if be.state_path else None,
+        emit_json({"reset": True, "state": str(state) if state else None,
                    "config": cfg.to_json()})
     else:
         info(f"model reset: {ram >> 20} MiB of RAM ({cfg.ram_source}), seed {seed}; state in "
-             f"{be.state_path}")
+             f"{state}")
 
 
 # --- staged loads, hibernation images ----------------------------------------------
@@ -782,14 +744,13 @@ def save_image(c: Ctx, out: Path, source: str | None, entry: int | None,
 
     be = c.backend()
     if source is None:
-        source = "model:" if be.name == "model" else str(c.root / "proc/vmcore")
+        source = "model:" if be.physical_memory() is not None else str(c.root / "proc/vmcore")
     src: Any
     if source == "model:":
-        src = vmcore.model_vmcore(be)
-        cmdline = vmcore.model_cmdline(be)
+        src = vmcore.backend_vmcore(be)
     else:
         src = save.FileSource(Path(source))
-        cmdline = be.cmdline()
+    cmdline = be.cmdline()
     if entry is None:
         entry = vmcore.jump_back_entry(cmdline)
         if entry is None:

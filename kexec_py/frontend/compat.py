@@ -685,13 +685,7 @@ def _crash_reserved(root: Path) -> bool:
 def _loaded(env: Env, crash: bool) -> bool | None:
     """kexec_loaded(): /sys/kernel/kexec[_crash]_loaded, or the backend's
     own state for backends other than the running kernel."""
-    be = env.backend()
-    if be.name == "linux":
-        from kexec_py.boundary import procfs
-
-        return (procfs.kexec_crash_loaded if crash else procfs.kexec_loaded)(env.root)
-    st = be.status()
-    return st.crash_loaded if crash else st.loaded
+    return env.backend().image_loaded(crash)
 
 
 def _status(p: Plan, env: Env) -> int:

@@ -32,7 +32,7 @@ from kexec_py.formats.vmcore import open_core
 from kexec_py.hibernate.hibernating import plan_hibernate_load
 from kexec_py.hibernate.resume import plan_resume
 from kexec_py.hibernate.save import save_image
-from kexec_py.hibernate.vmcore import jump_back_entry, model_cmdline, model_vmcore
+from kexec_py.hibernate.vmcore import backend_vmcore, jump_back_entry
 from kexec_py.hibernate.window import moved_runs, parse_elfcorehdr
 from kexec_py.load import staging
 from kexec_py.load.request import LoadRequest
@@ -235,13 +235,13 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
     be.reboot_kexec()
     rec = be.last_jump
     assert rec is not None
-    cmdline = model_cmdline(be)
+    cmdline = be.cmdline()
     _kv(con, "the jump", [("what", f"{rec.what} to {rec.entry:#x}: {rec.pages} pages swapped"),
                           ("B's /proc/cmdline", cmdline)])
 
     # --- 4. B's view of A ------------------------------------------------------------------
     con.print(Rule("4. B reads A's memory through /proc/vmcore (the backup map)"))
-    view = model_vmcore(be)
+    view = backend_vmcore(be)
     vm = view.read(0, view.size)
     from kexec_py.formats.vmcore import parse_core
 

@@ -23,16 +23,16 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from kexec_py.boundary.abi import PAGE_SIZE
+from kexec_py.boundary.backends import Backend
 from kexec_py.errors import FormatError, KexecError, UnsupportedError
 from kexec_py.formats.elfstruct import ELF64LE, PT_LOAD, PT_NOTE
 from kexec_py.formats.notes import kept_size
 from kexec_py.formats.vmcore import parse_header, read_phdrs
 from kexec_py.hibernate import window
 
-__all__ = ["PhysReader", "VmcoreView", "jump_back_entry", "model_cmdline", "model_vmcore",
+__all__ = ["PhysReader", "VmcoreView", "jump_back_entry", "backend_vmcore",
            "vmcore_view"]
 
 #: a reader of physical memory: ``read(addr, size) -> bytes``
@@ -128,9 +128,6 @@ class VmcoreView:
         return bytes(out)
 
 
-ZERO_DIGITS = "kexec_jump_back_entry=0x" + "0" * 16
-
-
 def jump_back_entry(cmdline: str) -> int | None:
     """The ``kexec_jump_back_entry=`` value on a command line (None when it
     is missing, or still the zeros the entry stub had not replaced)."""
@@ -143,20 +140,6 @@ def jump_back_entry(cmdline: str) -> int | None:
         raise FormatError(f"kexec_jump_back_entry={value} on the command line is not hex",
                           "give the entry with --entry") from None
     return v or None
-
-
-def model_cmdline(backend: Any) -> str:
-    """The model's running kernel's /proc/cmdline.  The model does not run
-    our entry stub, which writes the jump-back address into the 16 zero
-    digits of ``kexec_jump_back_entry=0x...`` at the jump; this does it from
-    the model's record of the jump."""
-    run = backend.running()
-    cmd = str(run["cmdline"])
-    entered = run.get("entered") or {}
-    back = entered.get("jump_back_entry")
-    if back and ZERO_DIGITS in cmd:
-        cmd = cmd.replace(ZERO_DIGITS, f"kexec_jump_back_entry=0x{back:016x}")
-    return cmd
 
 
 def vmcore_view(read_phys: PhysReader, cmdline: str, name: str = "/proc/vmcore") -> VmcoreView:
@@ -176,9 +159,13 @@ def vmcore_view(read_phys: PhysReader, cmdline: str, name: str = "/proc/vmcore")
     return VmcoreView(read_phys, addr, size, name)
 
 
-def model_vmcore(backend: Any) -> VmcoreView:
-    """The model's running kernel's /proc/vmcore (``--from model:``)."""
-    if not hasattr(backend, "read_phys"):
+def backend_vmcore(backend: Backend) -> VmcoreView:
+    """The /proc/vmcore of the backend's running kernel, built from its
+    physical memory (``save-image --from model:``); a backend without a
+    reader of physical memory (a real kernel: read ROOT/proc/vmcore)
+    refuses."""
+    read = backend.physical_memory()
+    if read is None:
         raise UnsupportedError("--from model: needs --backend model",
                                "give the path of /proc/vmcore instead")
-    return vmcore_view(backend.read_phys, model_cmdline(backend), "model:/proc/vmcore")
+    return vmcore_view(read, backend.cmdline(), "model:/proc/vmcore")

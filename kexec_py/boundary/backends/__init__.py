@@ -9,7 +9,7 @@ this package knows which one it has.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +47,17 @@ class Status:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class ExecReport:
+    """What an exec did, told by a backend that returns to tell it: whether
+    it returned to the kernel that jumped, the lines for the operator, and
+    the JSON document."""
+
+    returned: bool
+    lines: list[str]
+    document: dict[str, Any]
 
 
 class Backend(Protocol):
@@ -103,6 +114,41 @@ class Backend(Protocol):
         """Every reason this kernel would refuse this process a load with
         EPERM (no CAP_SYS_BOOT, kexec_load_disabled, lockdown, load
         limits); empty when none is known."""
+        ...
+
+    def image_loaded(self, crash: bool) -> bool | None:
+        """Whether a normal (or crash) image is loaded, as kexec-tools'
+        kexec_loaded() asks it (/sys/kernel/kexec[_crash]_loaded); None
+        when it cannot tell."""
+        ...
+
+    def can_return(self) -> bool:
+        """Whether exec with nothing loaded returns to a kernel that jumped
+        here with preserve context (the model keeps that kernel; a real
+        kernel needs an image loaded to jump back)."""
+        ...
+
+    def exec_report(self) -> ExecReport | None:
+        """What the last exec did, for a backend that comes back to say (the
+        model); None for a real kernel, whose exec returns only from a
+        kexec jump."""
+        ...
+
+    def physical_memory(self) -> Callable[[int, int], bytes] | None:
+        """A reader of the running kernel's physical memory (``read(addr,
+        size)``) where the backend has one (the model), else None: a real
+        kernel's memory is read through /proc/vmcore."""
+        ...
+
+    def dump_memory(self, dest: Path) -> dict[str, Any]:
+        """Write physical memory to ``dest`` as an ELF core (the model);
+        other backends raise UnsupportedError."""
+        ...
+
+    def reset(self, config: Any = None) -> Path | None:
+        """Start the backend's kernel over (the model; ``config`` is a
+        :class:`kexec_py.model.config.ModelConfig`) and say where its state
+        is kept; other backends raise UnsupportedError."""
         ...
 
     def close(self) -> None: ...

@@ -15,11 +15,12 @@ from __future__ import annotations
 import errno
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from kexec_py.boundary import abi, procfs, syscall
-from kexec_py.boundary.backends import Status, has_cap_sys_boot
+from kexec_py.boundary.backends import ExecReport, Status, has_cap_sys_boot
 from kexec_py.boundary.procfs import PageMap
 from kexec_py.errors import KexecError, SyscallError, UnsupportedError
 from kexec_py.ranges import MemRegion
@@ -173,6 +174,24 @@ class LinuxBackend:
     def memory_map(self) -> list[MemRegion]:
         return procfs.memory_map(self.root)
 
+    def image_loaded(self, crash: bool) -> bool | None:
+        return (procfs.kexec_crash_loaded if crash else procfs.kexec_loaded)(self.root)
+
+    def can_return(self) -> bool:
+        return False
+
+    def exec_report(self) -> ExecReport | None:
+        return None
+
+    def physical_memory(self) -> Callable[[int, int], bytes] | None:
+        return None
+
+    def dump_memory(self, dest: Path) -> dict[str, Any]:
+        raise _model_only("dump-memory")
+
+    def reset(self, config: Any = None) -> Path | None:
+        raise _model_only("model-reset")
+
     def total_ram(self) -> int | None:
         """MemTotal of /proc/meminfo: what a kernel booted with ``mem=`` or
         confined by ``memmap=`` really has."""
@@ -207,3 +226,8 @@ class LinuxBackend:
 
     def close(self) -> None:
         pass
+
+
+def _model_only(what: str) -> UnsupportedError:
+    return UnsupportedError(f"{what} works with the model backend only",
+                            "add --backend model (a real kernel's memory is /proc/vmcore)")

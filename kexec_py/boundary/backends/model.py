@@ -33,8 +33,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from kexec_py.arch.x86.bootparams import JUMP_BACK_TEXT
 from kexec_py.boundary import abi, procfs, syscall
-from kexec_py.boundary.backends import Status, has_cap_sys_boot
+from kexec_py.boundary.backends import ExecReport, Status, has_cap_sys_boot
 from kexec_py.boundary.procfs import PageMap
 from kexec_py.boundary.syscall import hint_for
 from kexec_py.errors import KexecError, SyscallError, UnsupportedError
@@ -77,6 +78,10 @@ def _load_text(entry: int, segments: Sequence[Segment], flags: int) -> str:
     return (f"kexec_load(entry={entry:#x}, nr_segments={len(segments)}, segments=[{segs}], "
             f"flags={flags:#x})")
 
+
+#: what the command line holds until the entry stub fills in the jump-back
+#: address (kexec_py.arch.x86.bootparams puts it there)
+JUMP_BACK_ZEROS = (JUMP_BACK_TEXT.strip() + b"0" * 16).decode()
 
 class ModelBackend:
     """The model kernel as a backend.
@@ -502,12 +507,53 @@ class ModelBackend:
     def memory_map(self) -> list[MemRegion]:
         return list(self._kernel().config.regions)
 
+    def image_loaded(self, crash: bool) -> bool | None:
+        st = self.status()
+        return st.crash_loaded if crash else st.loaded
+
+    def can_return(self) -> bool:
+        return int(self.running()["depth"]) > 0
+
+    def exec_report(self) -> ExecReport | None:
+        """What the last exec did in the model (a real exec does not come
+        back to say)."""
+        jump = self.last_jump
+        if jump is None:
+            return None
+        now = self.running()
+        if jump.what == "return":
+            lines = [f"model: returned to {jump.to_kernel}: {jump.pages} pages swapped back"]
+        elif jump.what == "jump":
+            lines = [f"model: jumped to {jump.entry:#x} with preserve context ({jump.pages} "
+                     f"pages swapped); now running {now['name']}; 'kexec-py exec' with nothing "
+                     "loaded there returns"]
+        else:
+            lines = [f"model: executed the image: {jump.pages} pages copied, jumped to "
+                     f"{jump.entry:#x}; now running {now['name']}"]
+        if jump.cmdline is not None and jump.what != "return":
+            lines.append(f"model: its command line: {jump.cmdline}")
+        return ExecReport(jump.what == "return", lines,
+                          {"executed": True, "returned": jump.what == "return",
+                           "model": jump.to_json(), "running": now["text"]})
+
+    def physical_memory(self) -> Callable[[int, int], bytes] | None:
+        return self.read_phys
+
     def total_ram(self) -> int | None:
         """None: the model's RAM is its memory map."""
         return None
 
     def cmdline(self) -> str:
-        return self._kernel().level.cmdline
+        """The running kernel's /proc/cmdline.  Our entry stub writes the
+        jump-back address into the 16 zero digits of
+        ``kexec_jump_back_entry=0x...`` at a preserve-context jump; the model
+        does not run the stub, so this does it from its record of the jump."""
+        lvl = self._kernel().level
+        cmd = lvl.cmdline
+        back = lvl.entered.jump_back_entry if lvl.entered is not None else None
+        if back and JUMP_BACK_ZEROS in cmd:
+            cmd = cmd.replace(JUMP_BACK_ZEROS, f"kexec_jump_back_entry=0x{back:016x}")
+        return cmd
 
     def staged_supported(self) -> bool:
         return self.flavour == "patched"
@@ -587,15 +633,16 @@ class ModelBackend:
     def check_invariants(self) -> list[str]:
         return self._kernel().check_invariants()
 
-    def reset(self, config: ModelConfig | None = None) -> None:
+    def reset(self, config: ModelConfig | None = None) -> Path | None:
         """Discard the model (images, memory, kernels) and start a fresh
-        one with ``config`` (default: from ``--root``)."""
+        one with ``config`` (default: from ``--root``).  Returns the state
+        directory (None for a model kept in memory only)."""
         if config is not None:
             self._config = config
         self._release_kernel()
         if self.store is None:
             self._k = self._fresh(self._new_config(), None)
-            return
+            return None
         if not self._writable:
             if not self.store.try_lock(repair=True):
                 raise SyscallError("model-reset", errno.EBUSY,
@@ -605,6 +652,7 @@ class ModelBackend:
         self.store.remove()
         self._k = self._open(writable=True)
         self._changed = True
+        return self.state_path
 
     def dump_memory(self, dest: str | Path | BinaryIO) -> dict[str, Any]:
         """Write physical memory as an ELF core file, one PT_LOAD per RAM
