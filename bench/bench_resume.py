@@ -23,7 +23,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kexec_py.memmap import MemoryMap
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -58,7 +61,7 @@ class NullKernel:
     name = "null"
     root = Path("/")
 
-    def __init__(self, regions: list[object]) -> None:
+    def __init__(self, regions: MemoryMap) -> None:
         self.regions = regions
         self.calls = 0
         self.loaded = False
@@ -68,8 +71,11 @@ class NullKernel:
         self.calls += 1
         self.loaded = bool(segments)
 
-    def memory_map(self) -> list[object]:
+    def memory_map(self) -> MemoryMap:
         return self.regions
+
+    def total_ram(self) -> int | None:
+        return None
 
     def staged_supported(self) -> bool:
         return True
@@ -94,7 +100,7 @@ def measure(image: Path, kind: str) -> dict[str, float | int]:
     with tempfile.TemporaryDirectory() as root:
         be: Any
         if kind == "null":
-            be = NullKernel(list(pc_layout(8 << 30)))
+            be = NullKernel(pc_layout(8 << 30))
         else:
             be = ModelBackend(Path(root), persist=False, copy_contents=False,
                               config=ModelConfig(regions=pc_layout(8 << 30), collide=0.0))

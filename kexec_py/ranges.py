@@ -1,8 +1,11 @@
-"""Half-open physical address ranges ``[start, end)`` and page math (pure).
+"""Half-open physical address ranges ``[start, end)``: their arithmetic,
+page math and hole finding (pure).
 
 Every range in kexec-py is half-open.  The kernel's /proc/iomem and
 /sys/firmware/memmap print inclusive ends; their parsers convert at the
-boundary (``procfs.py``) and nothing past it sees an inclusive end.
+boundary (``procfs.py``) and nothing past it sees an inclusive end.  The
+memory map built of such ranges (regions, their kinds, the views of RAM)
+is :mod:`kexec_py.memmap`.
 """
 
 from __future__ import annotations
@@ -45,30 +48,6 @@ class Range:
         return f"[{self.start:#x}, {self.end:#x})"
 
 
-@dataclass(frozen=True, slots=True)
-class MemRegion:
-    """A region of the physical memory map: ``range`` and its ``kind``.
-
-    ``kind`` uses the firmware's names: "System RAM", "Reserved",
-    "ACPI Tables", "ACPI Non-volatile Storage", "Crash kernel", ...
-    """
-
-    range: Range
-    kind: str
-
-    @property
-    def start(self) -> int:
-        return self.range.start
-
-    @property
-    def end(self) -> int:
-        return self.range.end
-
-    @property
-    def is_ram(self) -> bool:
-        return self.kind == "System RAM"
-
-
 def merge(ranges: Iterable[Range]) -> list[Range]:
     """Sorted, with overlapping and touching ranges joined."""
     out: list[Range] = []
@@ -102,11 +81,6 @@ def subtract(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
 
 def total(ranges: Iterable[Range]) -> int:
     return sum(r.size for r in ranges)
-
-
-def ram_ranges(memmap: Sequence[MemRegion]) -> list[Range]:
-    """The System RAM of a memory map, merged."""
-    return merge(r.range for r in memmap if r.is_ram)
 
 
 def pages(r: Range) -> range:

@@ -16,7 +16,8 @@ from kexec_py.errors import PlanError, ProcfsError
 from kexec_py.formats.notes import parse_notes
 from kexec_py.formats.vmcore import KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP
 from kexec_py.hibernate import window as bm
-from kexec_py.ranges import MemRegion, Range, merge
+from kexec_py.memmap import MemRegion
+from kexec_py.ranges import Range, merge
 from kexec_py.segments import Segment
 
 P = 4096

@@ -7,8 +7,9 @@ import struct
 
 from kexec_py.arch.x86 import bootparams
 from kexec_py.formats import bzimage
+from kexec_py.memmap import MemRegion
 from kexec_py.model import fileload
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.ranges import Range
 
 
 def test_the_table_is_struct_boot_params() -> None:

@@ -17,7 +17,8 @@ from kexec_py.arch.x86 import bootparams, placement
 from kexec_py.errors import FormatError, PlanError
 from kexec_py.formats import bzimage as bz
 from kexec_py.frontend.cli import cli, run
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.memmap import MemRegion
+from kexec_py.ranges import Range
 from kexec_py.segments import Layout
 
 DEBIAN = sorted(glob.glob("/boot/vmlinuz-6.1.0-*-amd64"))

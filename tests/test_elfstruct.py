@@ -142,6 +142,22 @@ def test_writers_layout_and_lookup() -> None:
     assert es.ET_NAMES[es.ET_CORE] == "ET_CORE" and es.PN_XNUM == 0xFFFF
 
 
+@pytest.mark.parametrize("key", ALL, ids=IDS)
+@pytest.mark.parametrize("phnum", [1, 0xFFFE, es.PN_XNUM, 70000])
+def test_core_ehdr(key: tuple[int, bool], phnum: int) -> None:
+    lay = es.layout(*key)
+    eh, ph, sh = lay.ehdr, lay.phdr, lay.shdr
+    got = eh.as_dict(lay.core_ehdr(es.EM_AARCH64, phnum))
+    xnum = phnum >= es.PN_XNUM
+    assert got == {"e_ident": lay.ident(), "e_type": es.ET_CORE, "e_machine": es.EM_AARCH64,
+                   "e_version": es.EV_CURRENT, "e_entry": 0, "e_phoff": eh.size,
+                   "e_shoff": eh.size + ph.size * phnum if xnum else 0, "e_flags": 0,
+                   "e_ehsize": eh.size, "e_phentsize": ph.size,
+                   "e_phnum": es.PN_XNUM if xnum else phnum,
+                   "e_shentsize": sh.size if xnum else 0, "e_shnum": 1 if xnum else 0,
+                   "e_shstrndx": 0}
+
+
 # --- notes -----------------------------------------------------------------------------------
 
 

@@ -31,10 +31,11 @@ from kexec_py.boundary import abi
 from kexec_py.boundary.abi import PAGE_SIZE, Stage, stage_flags
 from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.errors import KexecError, SyscallError
+from kexec_py.memmap import MemRegion
 from kexec_py.model.config import ModelConfig
 from kexec_py.model.kernel import ModelKernel
 from kexec_py.model.store import dump_kernel, load_kernel
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.ranges import Range
 from kexec_py.segments import Segment
 
 P = PAGE_SIZE
@@ -61,7 +62,7 @@ def canon(k: ModelKernel) -> dict[str, Any]:
 
 def memory_digest(k: ModelKernel) -> str:
     h = hashlib.sha1()
-    for r in k.config.ram_runs():
+    for r in k.config.regions.loadable_ram():
         for a, d in k.mem.nonzero_runs(r.start, r.end):
             h.update(a.to_bytes(8, "little"))
             h.update(d)

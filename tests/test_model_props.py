@@ -24,8 +24,9 @@ from kexec_py.boundary import abi
 from kexec_py.boundary.abi import PAGE_SIZE, Stage, stage_flags
 from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.errors import KexecError, SyscallError
+from kexec_py.memmap import MemRegion
 from kexec_py.model.config import ModelConfig
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.ranges import Range
 from kexec_py.segments import Segment
 
 P = PAGE_SIZE

@@ -15,8 +15,9 @@ import pytest
 from kexec_py.boundary.abi import KEXEC_PRESERVE_CONTEXT, PAGE_SIZE, Stage, stage_flags
 from kexec_py.boundary.backends.model import ModelBackend
 from kexec_py.boundary.procfs import format_pgmap
+from kexec_py.memmap import MemRegion
 from kexec_py.model.config import ModelConfig
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.ranges import Range
 from kexec_py.segments import Segment
 
 P = PAGE_SIZE

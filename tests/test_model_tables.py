@@ -18,11 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kexec_py.boundary.abi import PAGE_SIZE
+from kexec_py.memmap import MemRegion
 from kexec_py.model.config import ModelConfig
 from kexec_py.model.kernel import KernelErr, ModelKernel
 from kexec_py.model.physmem import PhysMem
 from kexec_py.model.tables import DEAD, Owners, PageTable, _moved
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.ranges import Range
 from kexec_py.segments import Segment
 
 P = PAGE_SIZE

@@ -17,7 +17,8 @@ from kexec_py.boundary.procfs import parse_meminfo_total
 from kexec_py.errors import PlanError, UnsupportedError
 from kexec_py.frontend.cli import cli
 from kexec_py.load.staging import call_budget, plan_load
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.memmap import MemRegion
+from kexec_py.ranges import Range
 from kexec_py.segments import Segment
 
 P = 4096

@@ -15,11 +15,16 @@ import os
 import re
 import sys
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from kexec_py.errors import ProcfsError
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.memmap import Kind, MemoryMap, MemRegion
+from kexec_py.ranges import Range
+
+T = TypeVar("T")
 
 # --- layer 2: path readers ---------------------------------------------------
 
@@ -75,6 +80,16 @@ def parse_lockdown(text: str) -> str:
     return m.group(1) if m else text.strip()
 
 
+def parse_meminfo_total(text: str) -> int | None:
+    """``MemTotal:  123456 kB`` of /proc/meminfo, in bytes."""
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                return int(parts[1]) * 1024
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class IomemEntry:
     """One line of /proc/iomem: ``range`` half-open, ``depth`` = indent / 2."""
@@ -105,35 +120,16 @@ def parse_iomem(text: str) -> list[IomemEntry]:
     return out
 
 
-def iomem_to_memmap(entries: list[IomemEntry]) -> list[MemRegion]:
-    """Top-level regions of iomem as a memory map, plus "Crash kernel"
-    (a child of System RAM) as its own region.  RAM that holds the crash
-    region is split around it."""
+def iomem_to_memmap(entries: list[IomemEntry]) -> MemoryMap:
+    """Top-level regions of iomem as a memory map, plus the crash kernel
+    region (a child of System RAM) as its own region: RAM that holds it is
+    split around it (:meth:`MemoryMap.carve`)."""
     if entries and all(e.range.start == 0 and e.range.end == 1 for e in entries):
         raise ProcfsError("/proc/iomem shows only zero addresses",
                           "run as root (unprivileged readers see zeros)")
-    top = [MemRegion(e.range, e.name) for e in entries if e.depth == 0]
-    crash = [MemRegion(e.range, "Crash kernel") for e in entries
-             if e.depth > 0 and e.name == "Crash kernel"]
-    if not crash:
-        return top
-    out: list[MemRegion] = []
-    for r in top:
-        pieces = [r]
-        for c in crash:
-            nxt: list[MemRegion] = []
-            for p in pieces:
-                if p.is_ram and p.range.overlaps(c.range):
-                    if p.start < c.start:
-                        nxt.append(MemRegion(Range(p.start, c.start), p.kind))
-                    nxt.append(c)
-                    if c.end < p.end:
-                        nxt.append(MemRegion(Range(c.end, p.end), p.kind))
-                else:
-                    nxt.append(p)
-            pieces = nxt
-        out.extend(pieces)
-    return sorted(out, key=lambda r: r.start)
+    top = MemoryMap(MemRegion(e.range, e.name) for e in entries if e.depth == 0)
+    return top.carve([MemRegion(e.range, Kind.CRASH_KERNEL) for e in entries
+                      if e.depth > 0 and e.name == Kind.CRASH_KERNEL])
 
 
 def parse_memmap_entry(start: str, end: str, kind: str) -> MemRegion:
@@ -245,34 +241,36 @@ def format_pgmap(pairs: list[tuple[int, int]]) -> str:
 # --- layer 1: public readers ---------------------------------------------------
 
 
-def kexec_loaded(root: Path | str = "/") -> bool | None:
-    t = read_text(root, "sys/kernel/kexec_loaded")
-    return None if t is None else parse_bool01(t)
+@dataclass(frozen=True, slots=True)
+class ProcValue(Generic[T]):
+    """A value the kernel shows in one file: called with a root directory,
+    the file ``rel`` under it parsed by ``parse``, or None when the file does
+    not exist (other errors: :func:`read_text`'s :class:`ProcfsError`)."""
+
+    rel: str
+    parse: Callable[[str], T]
+
+    def __call__(self, root: Path | str = "/") -> T | None:
+        t = read_text(root, self.rel)
+        return None if t is None else self.parse(t)
 
 
-def kexec_crash_loaded(root: Path | str = "/") -> bool | None:
-    t = read_text(root, "sys/kernel/kexec_crash_loaded")
-    return None if t is None else parse_bool01(t)
-
-
-def kexec_crash_size(root: Path | str = "/") -> int | None:
-    t = read_text(root, "sys/kernel/kexec_crash_size")
-    return None if t is None else parse_int(t)
-
-
-def cmdline(root: Path | str = "/") -> str | None:
-    t = read_text(root, "proc/cmdline")
-    return None if t is None else t.strip()
-
-
-def lockdown(root: Path | str = "/") -> str | None:
-    t = read_text(root, "sys/kernel/security/lockdown")
-    return None if t is None else parse_lockdown(t)
-
-
-def kexec_load_disabled(root: Path | str = "/") -> bool | None:
-    t = read_text(root, "proc/sys/kernel/kexec_load_disabled")
-    return None if t is None else parse_bool01(t)
+#: whether a kexec image is loaded
+kexec_loaded = ProcValue("sys/kernel/kexec_loaded", parse_bool01)
+#: whether a crash kernel is loaded
+kexec_crash_loaded = ProcValue("sys/kernel/kexec_crash_loaded", parse_bool01)
+#: the size of the crashkernel= reservation, in bytes
+kexec_crash_size = ProcValue("sys/kernel/kexec_crash_size", parse_int)
+#: the running kernel's command line
+cmdline = ProcValue("proc/cmdline", str.strip)
+#: the lockdown mode in force (``none``, ``integrity``, ``confidentiality``)
+lockdown = ProcValue("sys/kernel/security/lockdown", parse_lockdown)
+#: whether kexec_load is disabled (until the next boot)
+kexec_load_disabled = ProcValue("proc/sys/kernel/kexec_load_disabled", parse_bool01)
+#: the RAM the kernel manages (``totalram_pages()``), from MemTotal, in bytes
+mem_total = ProcValue("proc/meminfo", parse_meminfo_total)
+#: every line of /proc/iomem
+iomem = ProcValue("proc/iomem", parse_iomem)
 
 
 def kexec_load_limits(root: Path | str = "/") -> dict[str, int]:
@@ -284,27 +282,6 @@ def kexec_load_limits(root: Path | str = "/") -> dict[str, int]:
         if t is not None:
             out[which] = parse_int(t)
     return out
-
-
-def parse_meminfo_total(text: str) -> int | None:
-    """``MemTotal:  123456 kB`` of /proc/meminfo, in bytes."""
-    for line in text.splitlines():
-        if line.startswith("MemTotal:"):
-            parts = line.split()
-            if len(parts) >= 2 and parts[1].isdigit():
-                return int(parts[1]) * 1024
-    return None
-
-
-def mem_total(root: Path | str = "/") -> int | None:
-    """The RAM the kernel manages (``totalram_pages()``), from MemTotal."""
-    t = read_text(root, "proc/meminfo")
-    return None if t is None else parse_meminfo_total(t)
-
-
-def iomem(root: Path | str = "/") -> list[IomemEntry] | None:
-    t = read_text(root, "proc/iomem")
-    return None if t is None else parse_iomem(t)
 
 
 def firmware_memmap(root: Path | str = "/") -> list[MemRegion] | None:
@@ -331,7 +308,7 @@ def firmware_memmap(root: Path | str = "/") -> list[MemRegion] | None:
     return sorted(out, key=lambda r: r.start) or None
 
 
-def memory_map(root: Path | str = "/") -> list[MemRegion]:
+def memory_map(root: Path | str = "/") -> MemoryMap:
     """The physical memory map: /sys/firmware/memmap when present (the
     firmware's view, what a new kernel should get as e820), else the top
     level of /proc/iomem.  The crash kernel region always comes from iomem.
@@ -347,15 +324,15 @@ def memory_map(root: Path | str = "/") -> list[MemRegion]:
     if fw is None:
         assert io is not None
         return iomem_to_memmap(io)
-    crash = [e for e in (io or []) if e.name == "Crash kernel"]
+    crash = [e for e in (io or []) if e.name == Kind.CRASH_KERNEL]
     if not crash:
-        return fw
+        return MemoryMap(fw)
     return iomem_to_memmap([IomemEntry(r.range, r.kind, 0) for r in fw] + crash)
 
 
 def crash_region(root: Path | str = "/") -> Range | None:
     for e in iomem(root) or []:
-        if e.name == "Crash kernel":
+        if e.name == Kind.CRASH_KERNEL:
             return e.range
     return None
 

@@ -23,6 +23,7 @@ Nothing here opens files: the caller hands in buffers (mmap slices).
 
 from __future__ import annotations
 
+import enum
 import struct
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -101,33 +102,40 @@ _INT_FORMATS = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 HDRS_MAGIC = b"HdrS"
 BOOT_FLAG = 0xAA55
 SECTOR = 512
-#: loadflags
-LOADED_HIGH = 1 << 0
-KASLR_FLAG = 1 << 1
-QUIET_FLAG = 1 << 5
-CAN_USE_HEAP = 1 << 7
-#: xloadflags
-XLF_KERNEL_64 = 1 << 0
-XLF_CAN_BE_LOADED_ABOVE_4G = 1 << 1
-XLF_EFI_HANDOVER_32 = 1 << 2
-XLF_EFI_HANDOVER_64 = 1 << 3
-XLF_EFI_KEXEC = 1 << 4
-XLF_5LEVEL = 1 << 5
-XLF_5LEVEL_ENABLED = 1 << 6
 #: the 64-bit entry point, from the start of the payload
 STARTUP_64 = 0x200
 #: a bzImage needs at least this much: setup sectors and the header
 MIN_SIZE = 2 * SECTOR
 
-_FLAG_NAMES = {
-    "loadflags": {LOADED_HIGH: "LOADED_HIGH", KASLR_FLAG: "KASLR_FLAG",
-                  QUIET_FLAG: "QUIET_FLAG", 1 << 6: "KEEP_SEGMENTS", CAN_USE_HEAP: "CAN_USE_HEAP"},
-    "xloadflags": {XLF_KERNEL_64: "XLF_KERNEL_64",
-                   XLF_CAN_BE_LOADED_ABOVE_4G: "XLF_CAN_BE_LOADED_ABOVE_4G",
-                   XLF_EFI_HANDOVER_32: "XLF_EFI_HANDOVER_32",
-                   XLF_EFI_HANDOVER_64: "XLF_EFI_HANDOVER_64", XLF_EFI_KEXEC: "XLF_EFI_KEXEC",
-                   XLF_5LEVEL: "XLF_5LEVEL", XLF_5LEVEL_ENABLED: "XLF_5LEVEL_ENABLED"},
-}
+
+class LoadFlags(enum.IntFlag):
+    """The bits of ``loadflags`` (0x211), named as boot.rst names them."""
+
+    LOADED_HIGH = 1 << 0
+    KASLR_FLAG = 1 << 1
+    QUIET_FLAG = 1 << 5
+    KEEP_SEGMENTS = 1 << 6
+    CAN_USE_HEAP = 1 << 7
+
+
+class XLoadFlags(enum.IntFlag):
+    """The bits of ``xloadflags`` (0x236): bits 0 to 6, in order."""
+
+    XLF_KERNEL_64 = enum.auto()
+    XLF_CAN_BE_LOADED_ABOVE_4G = enum.auto()
+    XLF_EFI_HANDOVER_32 = enum.auto()
+    XLF_EFI_HANDOVER_64 = enum.auto()
+    XLF_EFI_KEXEC = enum.auto()
+    XLF_5LEVEL = enum.auto()
+    XLF_5LEVEL_ENABLED = enum.auto()
+
+
+#: the flags kexec-py and the model check, by their boot.rst names
+LOADED_HIGH = LoadFlags.LOADED_HIGH
+XLF_KERNEL_64 = XLoadFlags.XLF_KERNEL_64
+XLF_CAN_BE_LOADED_ABOVE_4G = XLoadFlags.XLF_CAN_BE_LOADED_ABOVE_4G
+
+_FLAGS: dict[str, type[enum.IntFlag]] = {"loadflags": LoadFlags, "xloadflags": XLoadFlags}
 
 
 def version_str(v: int) -> str:
@@ -136,9 +144,10 @@ def version_str(v: int) -> str:
 
 def flag_names(name: str, value: int) -> list[str]:
     """Names of the bits set in ``loadflags`` or ``xloadflags``."""
-    names = _FLAG_NAMES.get(name, {})
-    return [n for bit, n in names.items() if value & bit] + \
-        [f"{value & ~sum(names):#x}"] * bool(value & ~sum(names))
+    flags = list(_FLAGS.get(name, ()))
+    known = sum(flags)
+    return [str(f.name) for f in flags if value & f] + \
+        [f"{value & ~known:#x}"] * bool(value & ~known)
 
 
 def setup_header_end(data: Buffer) -> int:
@@ -247,10 +256,8 @@ class BzImage:
                 f"{n}: loadflags {lf:#x} (0x211) lacks LOADED_HIGH: this is a zImage, "
                 "not a bzImage", "build the kernel with 'make bzImage'")
         xl = self.fields["xloadflags"]
-        missing = [name for bit, name in ((XLF_KERNEL_64, "XLF_KERNEL_64"),
-                                          (XLF_CAN_BE_LOADED_ABOVE_4G,
-                                           "XLF_CAN_BE_LOADED_ABOVE_4G"))
-                   if not xl & bit]
+        missing = [str(f.name) for f in (XLF_KERNEL_64, XLF_CAN_BE_LOADED_ABOVE_4G)
+                   if not xl & f]
         if missing:
             raise FormatError(
                 f"{n}: xloadflags {xl:#x} (0x236) lacks {' and '.join(missing)}: kexec-py "

@@ -41,8 +41,6 @@ from kexec_py.boundary.abi import PAGE_SIZE
 from kexec_py.formats.elfstruct import (
     ELF64LE,
     EM_X86_64,
-    ET_CORE,
-    EV_CURRENT,
     PF_R,
     PF_W,
     PF_X,
@@ -146,9 +144,9 @@ def write_core(dest: str | os.PathLike[str] | BinaryIO, loads: Iterable[CoreLoad
     note_blob = b"".join(note_bytes(n, t, d) for n, t, d in notes)
     phnum = len(items) + (1 if note_blob else 0)
     extnum = phnum >= PN_XNUM
-    ph_off = eh.size
-    sh_off = ph_off + ph.size * phnum if extnum else 0
-    note_off = ph_off + ph.size * phnum + (sh.size if extnum else 0)
+    # the ELF header, the program headers, section header 0 (extended
+    # numbering: ELF64LE.core_ehdr points at it), the notes, the data
+    note_off = eh.size + ph.size * phnum + (sh.size if extnum else 0)
     cur = note_off + len(note_blob)
     offsets: list[int] = []
     for ld in items:
@@ -160,9 +158,7 @@ def write_core(dest: str | os.PathLike[str] | BinaryIO, loads: Iterable[CoreLoad
         cur += fs
     total = cur
 
-    head = [eh.pack(ELF64LE.ident(), ET_CORE, machine, EV_CURRENT, 0, ph_off, sh_off, 0,
-                    eh.size, ph.size, PN_XNUM if extnum else phnum,
-                    sh.size if extnum else 0, 1 if extnum else 0, 0)]
+    head = [ELF64LE.core_ehdr(machine, phnum)]
     if note_blob:
         head.append(ph.pack(PT_NOTE, 0, note_off, 0, 0, len(note_blob), len(note_blob), 0))
     pack = ph.pack

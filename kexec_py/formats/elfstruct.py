@@ -25,9 +25,10 @@ What is here (include/uapi/linux/elf.h, the ELF gABI):
   :meth:`ElfStruct.put`, :meth:`ElfStruct.pack_fields`);
 - :class:`ElfLayout`: ``ehdr``, ``phdr``, ``shdr`` (only section 0 is ever
   used: ``sh_info`` holds ``e_phnum`` past :data:`PN_XNUM`) and ``nhdr`` of
-  one class and byte order; :data:`LAYOUTS` keyed by ``(ELFCLASS*,
-  little)``, :func:`layout`, and :data:`ELF64LE`, the one layout kexec-py
-  writes.
+  one class and byte order, with ``e_ident`` and the ELF header of a core
+  file (:meth:`ElfLayout.core_ehdr`, for both core writers);
+  :data:`LAYOUTS` keyed by ``(ELFCLASS*, little)``, :func:`layout`, and
+  :data:`ELF64LE`, the one layout kexec-py writes.
 
 Fields keep their ELF names (``e_phnum``, ``p_offset``, ``sh_info``,
 ``n_namesz``) and their spec order, which differs between classes only in
@@ -206,6 +207,18 @@ class ElfLayout:
         ``EV_CURRENT``, OS ABI, zero padding."""
         data = ELFDATA2LSB if self.little else ELFDATA2MSB
         return ELFMAG + bytes([self.elfclass, data, EV_CURRENT, osabi]) + bytes(EI_NIDENT - 8)
+
+    def core_ehdr(self, machine: int, phnum: int) -> bytes:
+        """The ELF header of a core file (``ET_CORE``) of this layout whose
+        ``phnum`` program headers follow it.  From :data:`PN_XNUM` on, the
+        count is section header 0's ``sh_info`` and that header follows the
+        program headers (the writer writes it: ``sh_info = phnum``)."""
+        eh, ph = self.ehdr, self.phdr
+        xnum = phnum >= PN_XNUM
+        return eh.pack(self.ident(), ET_CORE, machine, EV_CURRENT, 0, eh.size,
+                       eh.size + ph.size * phnum if xnum else 0, 0, eh.size, ph.size,
+                       PN_XNUM if xnum else phnum, self.shdr.size if xnum else 0,
+                       1 if xnum else 0, 0)
 
 
 def _make(elfclass: int, little: bool) -> ElfLayout:

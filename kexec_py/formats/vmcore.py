@@ -92,10 +92,6 @@ class LoadRun:
     filesz: int
     memsz: int
 
-    @property
-    def end(self) -> int:
-        return self.paddr + self.memsz
-
 
 @dataclass
 class LoadTable:
@@ -160,10 +156,6 @@ class ElfHeader:
     @property
     def bits(self) -> int:
         return self.layout.bits
-
-    @property
-    def endian(self) -> str:
-        return self.layout.endian
 
 
 def parse_header(buf: memoryview | bytes, size: int, name: str) -> ElfHeader:
@@ -467,7 +459,7 @@ class CoreImage:
         n = self.find_note(KEXEC_PY_NOTE, NT_KEXEC_PY_JUMP_BACK)
         if n is None or len(n.desc) < 8:
             return None
-        (v,) = struct.unpack_from(self.header.endian + "Q", n.desc)
+        (v,) = struct.unpack_from(self.header.layout.endian + "Q", n.desc)
         return int(v)
 
     # --- data ------------------------------------------------------------------------

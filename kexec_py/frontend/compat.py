@@ -81,15 +81,16 @@ class Opt:
 
     def __init__(self, longs: tuple[str, ...], short: str | None, arg: bool, key: str,
                  loader: bool = False, missing: str | None = None) -> None:
-        self.longs = longs
-        self.short = short
-        self.arg = arg
-        self.key = key
-        self.loader = loader
-        self.missing = missing
+        self.longs, self.short, self.arg, self.key = longs, short, arg, key
+        self.loader, self.missing = loader, missing
 
 
 _NOT_X86_64 = "kexec-py loads bzImage64 and elf-x86_64 images only"
+_XEN = "live update exists only under Xen, which kexec-py does not drive"
+_SILENT = "kexec-py's entry stub prints nothing"
+_CORE_HEADERS = ("kexec-py loads crash kernels with kexec_file_load, where the kernel builds the "
+                 "ELF core headers")
+_MODE64 = "kexec-py enters the new kernel in 64-bit mode only"
 OPTIONS: tuple[Opt, ...] = (
     # kexec/kexec.h KEXEC_OPTIONS and KEXEC_OPT_STR "h?vdfixyluet:pscaS"
     Opt(("help",), "h", False, "help"),
@@ -114,59 +115,49 @@ OPTIONS: tuple[Opt, ...] = (
     Opt(("mem-min",), None, True, "mem-min"),
     Opt(("mem-max",), None, True, "mem-max"),
     Opt(("print-ckr-size",), None, False, "print-ckr-size"),
-    Opt(("reuseinitrd",), None, False, "reuseinitrd",
-        missing="kexec-py cannot hand the first boot's initrd on: give it with --initrd"),
-    Opt(("load-jump-back-helper",), None, False, "load-jump-back-helper",
-        missing="kexec-py has no jump-back helper image; 'kexec-py resume' returns to a "
-                "hibernated kernel"),
-    Opt(("load-live-update",), None, False, "load-live-update",
-        missing="live update exists only under Xen, which kexec-py does not drive"),
-    Opt(("exec-live-update",), None, False, "exec-live-update",
-        missing="live update exists only under Xen, which kexec-py does not drive"),
-    Opt(("hotplug",), None, False, "hotplug",
-        missing="kexec-py does not load crash kernels with KEXEC_UPDATE_ELFCOREHDR; reload "
-                "the crash kernel after hotplug"),
-    # kexec/arch/i386/include/arch/options.h: KEXEC_ARCH_OPTIONS (x86 and x86_64)
-    Opt(("reset-vga",), None, False, "reset-vga",
-        missing="kexec-py's entry stub does not reset the VGA card"),
-    Opt(("serial",), None, True, "serial",
-        missing="kexec-py's entry stub prints nothing on a serial port; use console=ttyS0 in "
-                "--append"),
-    Opt(("serial-baud",), None, True, "serial-baud",
-        missing="kexec-py's entry stub prints nothing on a serial port"),
-    Opt(("console-vga",), None, False, "console-vga",
-        missing="kexec-py's entry stub prints nothing on the console"),
-    Opt(("console-serial",), None, False, "console-serial",
-        missing="kexec-py's entry stub prints nothing on the console"),
-    Opt(("elf32-core-headers",), None, False, "elf32-core-headers",
-        missing="kexec-py loads crash kernels with kexec_file_load, where the kernel builds "
-                "the ELF core headers"),
-    Opt(("elf64-core-headers",), None, False, "elf64-core-headers",
-        missing="kexec-py loads crash kernels with kexec_file_load, where the kernel builds "
-                "the ELF core headers"),
-    Opt(("pass-memmap-cmdline",), None, False, "pass-memmap-cmdline",
-        missing="give memmap= parameters in --append yourself"),
-    Opt(("noefi",), None, False, "noefi",
-        missing="kexec-py passes no EFI information to the new kernel; add noefi or acpi_rsdp= "
-                "to --append if it needs them"),
-    Opt(("reuse-video-type",), None, False, "reuse-video-type",
-        missing="kexec-py passes the running kernel's screen_info as it is"),
     # KEXEC_ALL_OPTIONS: the loaders' options
     Opt(("command-line", "append"), None, True, "append", loader=True),
     Opt(("reuse-cmdline",), None, False, "reuse-cmdline", loader=True),
     Opt(("initrd", "ramdisk"), None, True, "initrd", loader=True),
     Opt(("args-linux",), None, False, "args-linux", loader=True),
     Opt(("args-none",), None, False, "args-none", loader=True),
-    Opt(("args-elf",), None, False, "args-elf", loader=True,
-        missing="kexec-py does not build ELF boot notes; ELF kernels get Linux boot "
-                "parameters (--args-linux) or none (--args-none)"),
-    Opt(("module",), None, True, "module", loader=True, missing=_NOT_X86_64 + " (no multiboot)"),
-    Opt(("real-mode",), None, False, "real-mode", loader=True,
-        missing="kexec-py enters the new kernel in 64-bit mode only"),
-    Opt(("entry-32bit",), None, False, "entry-32bit", loader=True,
-        missing="kexec-py enters the new kernel in 64-bit mode only"),
-    Opt(("dtb",), None, True, "dtb", loader=True,
-        missing="kexec-py passes no device tree on x86_64"),
+    # options kexec-tools has and kexec-py does not implement: (name, takes an
+    # argument, an image loader's option, why not)
+    *(Opt((name,), None, arg, name, loader, why) for name, arg, loader, why in (
+        ("reuseinitrd", False, False,
+         "kexec-py cannot hand the first boot's initrd on: give it with --initrd"),
+        ("load-jump-back-helper", False, False,
+         "kexec-py has no jump-back helper image; 'kexec-py resume' returns to a hibernated "
+         "kernel"),
+        ("load-live-update", False, False, _XEN),
+        ("exec-live-update", False, False, _XEN),
+        ("hotplug", False, False,
+         "kexec-py does not load crash kernels with KEXEC_UPDATE_ELFCOREHDR; reload the crash "
+         "kernel after hotplug"),
+        # kexec/arch/i386/include/arch/options.h: KEXEC_ARCH_OPTIONS (x86 and x86_64)
+        ("reset-vga", False, False, "kexec-py's entry stub does not reset the VGA card"),
+        ("serial", True, False,
+         f"{_SILENT} on a serial port; use console=ttyS0 in --append"),
+        ("serial-baud", True, False, f"{_SILENT} on a serial port"),
+        ("console-vga", False, False, f"{_SILENT} on the console"),
+        ("console-serial", False, False, f"{_SILENT} on the console"),
+        ("elf32-core-headers", False, False, _CORE_HEADERS),
+        ("elf64-core-headers", False, False, _CORE_HEADERS),
+        ("pass-memmap-cmdline", False, False, "give memmap= parameters in --append yourself"),
+        ("noefi", False, False,
+         "kexec-py passes no EFI information to the new kernel; add noefi or acpi_rsdp= to "
+         "--append if it needs them"),
+        ("reuse-video-type", False, False,
+         "kexec-py passes the running kernel's screen_info as it is"),
+        # KEXEC_ALL_OPTIONS: the image loaders' options
+        ("args-elf", False, True,
+         "kexec-py does not build ELF boot notes; ELF kernels get Linux boot parameters "
+         "(--args-linux) or none (--args-none)"),
+        ("module", True, True, _NOT_X86_64 + " (no multiboot)"),
+        ("real-mode", False, True, _MODE64),
+        ("entry-32bit", False, True, _MODE64),
+        ("dtb", True, True, "kexec-py passes no device tree on x86_64"),
+    )),
 )
 LONG: dict[str, Opt] = {name: o for o in OPTIONS for name in o.longs}
 SHORT: dict[str, Opt] = {o.short: o for o in OPTIONS if o.short}
@@ -301,33 +292,56 @@ class Plan:
     """What kexec-tools' ``main()`` would do for a command line: its
     ``do_*`` flags with their initial values (load, then shutdown)."""
 
+    # the initial values (class attributes; the option loop sets them on the instance)
+    do_load, do_exec, do_shutdown, do_sync, do_ifdown = True, False, True, True, False
+    do_unload = do_status = has_opt_load = crash = preserve_context = debug = False
+    #: "auto" (kexec-tools 2.0.27+'s default, -a), "file" (-s), "load" (-c)
+    syscall = "auto"
+    entry: int | None = None
+    mem_min = 0
+    mem_max: int | None = None
+    image_type: str | None = None
+    append: str | None = None
+    reuse_cmdline = args_none = False
+    initrd: str | None = None
+    kernel: str | None = None
+    #: -h, -v, --print-ckr-size: answered at once, in the option loop
+    immediate: str | None = None
+
     def __init__(self) -> None:
-        self.do_load = True
-        self.do_exec = False
-        self.do_shutdown = True
-        self.do_sync = True
-        self.do_ifdown = False
-        self.do_unload = False
-        self.do_status = False
-        self.has_opt_load = False
-        self.crash = False
-        self.preserve_context = False
-        #: "auto" (kexec-tools 2.0.27+'s default, -a), "file" (-s), "load" (-c)
-        self.syscall = "auto"
-        self.debug = False
-        self.entry: int | None = None
-        self.mem_min = 0
-        self.mem_max: int | None = None
-        self.image_type: str | None = None
-        self.append: str | None = None
-        self.reuse_cmdline = False
-        self.initrd: str | None = None
-        self.args_none = False
-        self.kernel: str | None = None
         #: options that only make sense for a load, in the order given
         self.loader_options: list[str] = []
-        #: -h, -v, --print-ckr-size: answered at once, in the option loop
-        self.immediate: str | None = None
+
+
+#: what each option sets in the Plan, as kexec-tools' option loop
+#: (kexec/kexec.c main()) sets its flags
+_SETS: dict[str, tuple[tuple[str, object], ...]] = {
+    "debug": (("debug", True),),
+    "force": (("do_load", True), ("do_shutdown", False), ("do_sync", True),
+              ("do_ifdown", True), ("do_exec", True)),
+    "load": (("has_opt_load", True), ("do_load", True), ("do_exec", False),
+             ("do_shutdown", False)),
+    "unload": (("do_load", False), ("do_shutdown", False), ("do_sync", False),
+               ("do_unload", True)),
+    "exec": (("do_load", False), ("do_shutdown", False), ("do_sync", True),
+             ("do_ifdown", True), ("do_exec", True)),
+    # kexec_flags = KEXEC_PRESERVE_CONTEXT
+    "preserve-context": (("do_load", True), ("do_exec", False), ("do_shutdown", False),
+                         ("do_sync", True), ("preserve_context", True), ("crash", False)),
+    # kexec_flags = KEXEC_ON_CRASH
+    "panic": (("do_load", True), ("do_exec", False), ("do_shutdown", False),
+              ("do_sync", False), ("crash", True), ("preserve_context", False)),
+    "file": (("syscall", "file"),),
+    "syscall": (("syscall", "load"),),
+    "auto": (("syscall", "auto"),),
+    "status": (("do_status", True),),
+    "reuse-cmdline": (("reuse_cmdline", True),),
+    "args-linux": (("args_none", False),),
+    "args-none": (("args_none", True),),
+}
+#: options whose argument is kept as given, and options whose argument is a number
+_VALUES = {"type": "image_type", "append": "append", "initrd": "initrd"}
+_NUMBERS = {"entry": "entry", "mem-min": "mem_min", "mem-max": "mem_max"}
 
 
 def decide(parsed: Parsed) -> Plan:
@@ -346,57 +360,19 @@ def decide(parsed: Parsed) -> Plan:
             return p
         if opt.loader:
             p.loader_options.append(spelled)
-        if k == "debug":
-            p.debug = True
+        if k in _SETS:
+            for attr, v in _SETS[k]:
+                setattr(p, attr, v)
+        elif k in _VALUES:
+            setattr(p, _VALUES[k], value)
+        elif k in _NUMBERS:
+            setattr(p, _NUMBERS[k], _number(value or "", k))
         elif k == "no-ifdown":
             skip_ifdown = True
         elif k == "no-sync":
             skip_sync = True
         elif k == "no-checks":
             pass  # kexec-py's entry stub verifies no checksum: always "no checks"
-        elif k == "force":
-            p.do_load, p.do_shutdown, p.do_sync, p.do_ifdown, p.do_exec = (
-                True, False, True, True, True)
-        elif k == "load":
-            p.has_opt_load = True
-            p.do_load, p.do_exec, p.do_shutdown = True, False, False
-        elif k == "unload":
-            p.do_load, p.do_shutdown, p.do_sync, p.do_unload = False, False, False, True
-        elif k == "exec":
-            p.do_load, p.do_shutdown, p.do_sync, p.do_ifdown, p.do_exec = (
-                False, False, True, True, True)
-        elif k == "preserve-context":
-            p.do_load, p.do_exec, p.do_shutdown, p.do_sync = True, False, False, True
-            p.preserve_context, p.crash = True, False  # kexec_flags = KEXEC_PRESERVE_CONTEXT
-        elif k == "panic":
-            p.do_load, p.do_exec, p.do_shutdown, p.do_sync = True, False, False, False
-            p.crash, p.preserve_context = True, False  # kexec_flags = KEXEC_ON_CRASH
-        elif k == "type":
-            p.image_type = value
-        elif k == "entry":
-            p.entry = _number(value or "", "entry")
-        elif k == "mem-min":
-            p.mem_min = _number(value or "", "mem-min")
-        elif k == "mem-max":
-            p.mem_max = _number(value or "", "mem-max")
-        elif k == "file":
-            p.syscall = "file"
-        elif k == "syscall":
-            p.syscall = "load"
-        elif k == "auto":
-            p.syscall = "auto"
-        elif k == "status":
-            p.do_status = True
-        elif k == "append":
-            p.append = value
-        elif k == "reuse-cmdline":
-            p.reuse_cmdline = True
-        elif k == "initrd":
-            p.initrd = value
-        elif k == "args-linux":
-            p.args_none = False
-        elif k == "args-none":
-            p.args_none = True
         else:  # pragma: no cover - the table and this loop are kept in step
             raise AssertionError(k)
     if skip_ifdown:
@@ -812,18 +788,18 @@ def _load(p: Plan, env: Env) -> None:
 def _load_args_none(be: Backend, req: LoadRequest, image: MappedFile) -> None:
     """--args-none for an ELF image: its PT_LOADs at their physical
     addresses and the ELF entry point; no entry stub, no boot parameters."""
-    from kexec_py.arch.x86.placement import ram_bytes
     from kexec_py.formats import elf
     from kexec_py.load.execute import pack_plan
     from kexec_py.load.kernel import kexec_load_flags
+    from kexec_py.memmap import MemoryMap
 
     img = elf.parse(image.data, str(req.kernel))
     elf.check_kernel(img)
     segs = elf.load_segments(img, "kernel PT_LOAD")
     entry = req.entry if req.entry is not None else img.physical_entry()
-    memmap = be.memory_map()
+    ram = MemoryMap.of(be.memory_map()).ram_bytes()
     plan = pack_plan(sorted(segs, key=lambda s: s.mem), entry,
-                     kexec_load_flags(req.preserve_context, req.crash), [], ram_bytes(memmap))
+                     kexec_load_flags(req.preserve_context, req.crash), [], ram)
     call = plan.calls[0]
     be.kexec_load(plan.entry, call.segments, call.flags)
 

@@ -14,7 +14,7 @@ from kexec_py.formats.vmcore import CoreImage
 from kexec_py.hibernate.hibernating import describe
 from kexec_py.load.kernel import kexec_load_flags
 from kexec_py.load.staging import StagedPlan, call_budget, plan_load
-from kexec_py.ranges import MemRegion, merge
+from kexec_py.memmap import MemoryMap, MemRegion
 from kexec_py.segments import Segment
 
 __all__ = ["check_image_in_ram", "plan_resume"]
@@ -23,7 +23,7 @@ __all__ = ["check_image_in_ram", "plan_resume"]
 def check_image_in_ram(segs: Sequence[Segment], memmap: Sequence[MemRegion]) -> None:
     """Every segment of an image must lie in RAM of this machine (the
     kernel would write wherever it is told; kexec-tools refuses too)."""
-    ram = merge([m.range for m in memmap if m.is_ram or m.kind == "Crash kernel"])
+    ram = MemoryMap.of(memmap).loadable_ram()
     starts = [r.start for r in ram]
     for s in segs:
         k = bisect_right(starts, s.mem) - 1

@@ -78,8 +78,6 @@ from kexec_py.errors import PlanError, ProcfsError
 from kexec_py.formats.elfstruct import (
     ELF64LE,
     EM_X86_64,
-    ET_CORE,
-    EV_CURRENT,
     PF_R,
     PF_W,
     PF_X,
@@ -88,7 +86,8 @@ from kexec_py.formats.elfstruct import (
 )
 from kexec_py.formats.notes import note_bytes
 from kexec_py.formats.vmcore import KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP
-from kexec_py.ranges import MemRegion, Range, merge, subtract
+from kexec_py.memmap import Kind, MemoryMap, MemRegion
+from kexec_py.ranges import Range, merge, subtract
 from kexec_py.segments import Segment
 
 ENCODINGS = ("elfcorehdr", "raw")
@@ -325,8 +324,7 @@ def build_elfcorehdr(ram: Sequence[Range], pm: PageMap, *, addr: int, window: Ra
     own = note_bytes(KEXEC_PY_NOTE, NT_KEXEC_PY_BACKUP_MAP,
                      struct.pack("<QQQ", window.start, window.end, runs.pages)) + END_NOTE
     buf = bytearray(note_off + len(own))
-    eh.pack_into(buf, 0, ELF64LE.ident(), ET_CORE, machine, EV_CURRENT, 0, eh.size, 0, 0,
-                 eh.size, ph.size, phnum, 0, 0, 0)
+    buf[:eh.size] = ELF64LE.core_ehdr(machine, phnum)
     pos = eh.size
     ph.pack_into(buf, pos, PT_NOTE, 0, addr + note_off, 0, 0, len(own), len(own), 4)
     pos += ph.size
@@ -461,7 +459,7 @@ def confine_cmdline(memmap: Sequence[MemRegion], usable: Sequence[Range]) -> lis
         if lo < hi:
             out.append(f"memmap={_k(hi - lo)}@{_k(lo)}")
     for m in memmap:
-        if m.kind in ("ACPI Tables", "ACPI Non-volatile Storage"):
+        if m.kind in (Kind.ACPI_TABLES, Kind.ACPI_NVS):
             lo, hi = m.start & ~1023, (m.end + 1023) & ~1023
             out.append(f"memmap={_k(hi - lo)}#{_k(lo)}")
     return out
@@ -475,7 +473,7 @@ def window_ram(memmap: Sequence[MemRegion], window: Range) -> list[Range]:
     edges of RAM cannot be destinations, so they are neither saved nor
     given to the loaded kernel)."""
     out: list[Range] = []
-    for r in merge(m.range for m in memmap if m.is_ram):
+    for r in MemoryMap.of(memmap).system_ram():
         c = r.intersect(window)
         if c is None:
             continue
@@ -542,7 +540,7 @@ def plan_window(memmap: Sequence[MemRegion], window: Range, encoding: str = "elf
     low = low_ram(memmap, window) if low_memory else []
     ram = merge([*low, *ram])
     pages = sum(r.size for r in ram) >> PAGE_SHIFT
-    all_ram = [m.range for m in memmap if m.is_ram]
+    all_ram = MemoryMap.of(memmap).system_ram()
     worst = (elfcorehdr_worst_case(all_ram, pages, extra_notes) if encoding == "elfcorehdr"
              else raw_worst_case(pages))
     size = (worst + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
@@ -575,7 +573,7 @@ def parameter_builder(layout: WindowLayout, memmap: Sequence[MemRegion],
                       notes: Sequence[NoteArea] = (),
                       machine: int = EM_X86_64) -> Callable[[PageMap], bytes]:
     """The function that turns the page map into the parameter's bytes."""
-    ram = [m.range for m in memmap if m.is_ram]
+    ram = MemoryMap.of(memmap).system_ram()
 
     def build(pm: PageMap) -> bytes:
         if layout.encoding == "raw":

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from kexec_py.arch.x86 import bootparams, placement
+from kexec_py.arch.x86 import bootparams
 from kexec_py.boundary import abi
 from kexec_py.boundary.backends import Backend
 from kexec_py.errors import PlanError, SyscallError, UnsupportedError
@@ -22,6 +22,7 @@ from kexec_py.load.kernel import kexec_load_flags, plan_kernel
 from kexec_py.load.plan import Call, Plan
 from kexec_py.load.request import FALLBACK_ERRNOS, LoadRequest
 from kexec_py.load.staging import StagedPlan, call_budget, plan_load
+from kexec_py.memmap import MemoryMap
 from kexec_py.segments import X86_64_DESTINATION_LIMIT, Segment, check_segments
 
 __all__ = ["Inputs", "LoadResult", "dry_run_plan", "file_load_flags", "load", "open_inputs",
@@ -139,7 +140,7 @@ def plan_kexec_load(backend: Backend, req: LoadRequest, rng_seed: bytes | None =
     memmap = backend.memory_map()
     ks = plan_kernel(backend, req, inputs.image, inputs.initrd_image(), memmap,
                      rng_seed=rng_seed)
-    ram = placement.ram_bytes(memmap)
+    ram = MemoryMap.of(memmap).ram_bytes()
     if req.preserve_context:
         total = sum(s.memsz for s in ks.segments)
         if total > ram // 2:

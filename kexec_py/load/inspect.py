@@ -10,7 +10,7 @@ from kexec_py.errors import FormatError, KexecError
 from kexec_py.formats import bzimage
 from kexec_py.load.image import map_file
 from kexec_py.load.kernel import KernelOptions, kernel_segments
-from kexec_py.ranges import MemRegion
+from kexec_py.memmap import MemRegion
 from kexec_py.segments import Segment
 
 __all__ = ["inspect_image"]

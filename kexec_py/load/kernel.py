@@ -23,7 +23,8 @@ from kexec_py.errors import PlanError
 from kexec_py.formats import bzimage
 from kexec_py.load.image import MappedFile
 from kexec_py.load.request import LoadRequest
-from kexec_py.ranges import MemRegion, Range, window
+from kexec_py.memmap import MemoryMap, MemRegion
+from kexec_py.ranges import Range, window
 from kexec_py.segments import X86_64_DESTINATION_LIMIT, Layout, Segment, fill_window
 
 __all__ = ["KernelOptions", "KernelSegments", "kernel_segments", "kexec_load_flags",
@@ -102,7 +103,7 @@ def kernel_segments(kernel: MappedFile, initrd: MappedFile | None,
     inside System RAM and the window, and disjoint; the entry is our stub
     (:mod:`kexec_py.arch.x86.entry`).
     """
-    ram = placement.placement_ram(memmap)
+    ram = MemoryMap.of(memmap).loadable_ram()
     if not ram:
         raise PlanError("the memory map has no System RAM", "check the memory map (--root)")
     within = placement_window(opts.mem_min, opts.mem_max)

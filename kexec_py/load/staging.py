@@ -37,7 +37,7 @@ from kexec_py.boundary.backends import Backend
 from kexec_py.boundary.procfs import PageMap
 from kexec_py.errors import KexecError, PlanError, SyscallError, UnsupportedError
 from kexec_py.load.plan import Call, Plan
-from kexec_py.ranges import MemRegion, ram_ranges
+from kexec_py.memmap import MemoryMap, MemRegion
 from kexec_py.segments import Segment, check_segments
 
 StagedMode = Literal["auto", "always", "never"]
@@ -101,7 +101,7 @@ def call_budget(memmap: Sequence[MemRegion], backend: Backend) -> int:
     ``memmap=`` really has) when it says, else the RAM of the memory map,
     which is a little more; kexec-py keeps to 90 % of the half."""
     pages = sum((r.end >> PAGE_SHIFT) - ((r.start + PAGE_SIZE - 1) >> PAGE_SHIFT)
-                for r in ram_ranges(memmap))
+                for r in MemoryMap.of(memmap).system_ram())
     total = backend.total_ram()
     if total is not None:
         pages = min(pages, total >> PAGE_SHIFT) if pages else total >> PAGE_SHIFT

@@ -10,14 +10,16 @@ memmap``) when ``--root`` has one that can be read, else it is the default
     [0x9f000,  0x100000)    Reserved
     [0x100000, 0x20000000)  System RAM
 
-All ranges are half-open.  The allocator's pool is the System RAM (the
-``Crash kernel`` reservation is not in it); physical memory exists from 0
-to the end of the highest RAM or crash range.
+All ranges are half-open.  The map is a :class:`kexec_py.memmap.MemoryMap`.
+The allocator's pool is the System RAM (the ``Crash kernel`` reservation
+is not in it); physical memory exists from 0 to the end of the highest RAM
+or crash range (:meth:`~kexec_py.memmap.MemoryMap.loadable_ram`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +27,13 @@ from typing import Any
 from kexec_py.boundary import procfs
 from kexec_py.boundary.abi import PAGE_SHIFT, PAGE_SIZE
 from kexec_py.errors import KexecError, ProcfsError
-from kexec_py.ranges import MemRegion, Range, merge, ram_ranges
+from kexec_py.memmap import Kind, MemoryMap, MemRegion
+from kexec_py.ranges import Range
 
-CRASH_KIND = "Crash kernel"
 DEFAULT_SOURCE = "default 512 MiB PC"
 
 
-def pc_layout(ram_bytes: int = 512 << 20) -> list[MemRegion]:
+def pc_layout(ram_bytes: int = 512 << 20) -> MemoryMap:
     """A BIOS PC with ``ram_bytes`` of memory: low RAM up to 0x9f000, the
     legacy hole, RAM from 1 MiB to ``ram_bytes``.
 
@@ -39,15 +41,15 @@ def pc_layout(ram_bytes: int = 512 << 20) -> list[MemRegion]:
     if ram_bytes % PAGE_SIZE or ram_bytes < 2 << 20:
         raise KexecError(f"model memory size {ram_bytes:#x} is not a multiple of 4096 of at "
                          "least 2 MiB", "give e.g. 512M or 4G")
-    return [
-        MemRegion(Range(0x0, 0x1000), "Reserved"),
-        MemRegion(Range(0x1000, 0x9F000), "System RAM"),
-        MemRegion(Range(0x9F000, 0x100000), "Reserved"),
-        MemRegion(Range(0x100000, ram_bytes), "System RAM"),
-    ]
+    return MemoryMap([
+        MemRegion(Range(0x0, 0x1000), Kind.RESERVED),
+        MemRegion(Range(0x1000, 0x9F000), Kind.SYSTEM_RAM),
+        MemRegion(Range(0x9F000, 0x100000), Kind.RESERVED),
+        MemRegion(Range(0x100000, ram_bytes), Kind.SYSTEM_RAM),
+    ])
 
 
-def with_crash_region(regions: list[MemRegion], start: int, size: int) -> list[MemRegion]:
+def with_crash_region(regions: Sequence[MemRegion], start: int, size: int) -> MemoryMap:
     """``regions`` with ``[start, start + size)`` carved out of System RAM
     as the ``Crash kernel`` reservation (as /proc/iomem shows crashkernel=)."""
     crash = Range(start, start + size)
@@ -57,9 +59,7 @@ def with_crash_region(regions: list[MemRegion], start: int, size: int) -> list[M
     if not any(r.is_ram and r.range.covers(crash) for r in regions):
         raise KexecError(f"crash region {crash} does not lie inside one System RAM range",
                          "choose an offset inside the model's RAM")
-    return procfs.iomem_to_memmap(
-        [procfs.IomemEntry(r.range, r.kind, 0) for r in regions]
-        + [procfs.IomemEntry(crash, CRASH_KIND, 1)])
+    return MemoryMap.of(regions).carve([MemRegion(crash, Kind.CRASH_KERNEL)])
 
 
 _SIZE = re.compile(r"^(0x[0-9a-f]+|\d+)([kmgt]?)$")
@@ -86,7 +86,8 @@ def parse_crashkernel(text: str) -> tuple[int, int]:
 class ModelConfig:
     """What the model machine is.  Accessible attributes:
 
-    ``regions`` (the memory map, sorted, half-open), ``seed`` (the
+    ``regions`` (the memory map, sorted by start: a list of regions given
+    becomes a :class:`~kexec_py.memmap.MemoryMap`), ``seed`` (the
     allocator's order), ``collide`` (probability that the allocator first
     tries a page that is a destination of the image being loaded),
     ``source_limit`` (pages at or above this address are "unusable" as
@@ -95,7 +96,7 @@ class ModelConfig:
     ``ram_source`` (where the memory map came from, in words).
     """
 
-    regions: list[MemRegion] = field(default_factory=pc_layout)
+    regions: MemoryMap = field(default_factory=pc_layout)
     seed: int = 0
     collide: float = 0.25
     source_limit: int | None = None
@@ -103,7 +104,7 @@ class ModelConfig:
     ram_source: str = DEFAULT_SOURCE
 
     def __post_init__(self) -> None:
-        self.regions = sorted(self.regions, key=lambda r: r.start)
+        self.regions = MemoryMap(sorted(self.regions, key=lambda r: r.start))
         if not self.pool_ranges():
             raise KexecError("the model's memory map has no System RAM",
                              "give a memory map with at least one System RAM range")
@@ -116,27 +117,17 @@ class ModelConfig:
         """Whole pages of System RAM as pfn ranges ``[first, end)``: the
         page allocator's pool (the crash reservation is not in it)."""
         out: list[tuple[int, int]] = []
-        for r in ram_ranges(self.regions):
+        for r in self.regions.system_ram():
             first = (r.start + PAGE_SIZE - 1) >> PAGE_SHIFT
             end = r.end >> PAGE_SHIFT
             if first < end:
                 out.append((first, end))
         return out
 
-    def crash_region(self) -> Range | None:
-        for r in self.regions:
-            if r.kind == CRASH_KIND:
-                return r.range
-        return None
-
-    def ram_runs(self) -> list[Range]:
-        """Memory that holds bytes: System RAM and the crash reservation
-        (which is RAM the running kernel does not use), merged."""
-        return merge(r.range for r in self.regions if r.is_ram or r.kind == CRASH_KIND)
-
     def memory_size(self) -> int:
-        """Physical memory is modelled from 0 to the end of the last RAM run."""
-        end = max(r.end for r in self.ram_runs())
+        """Physical memory is modelled from 0 to the end of the last run of
+        memory that holds bytes (System RAM and the crash reservation)."""
+        end = max(r.end for r in self.regions.loadable_ram())
         return (end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
     # --- (de)serialisation ----------------------------------------------------------
@@ -154,7 +145,8 @@ class ModelConfig:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelConfig:
         return cls(
-            regions=[MemRegion(Range(int(s), int(e)), str(k)) for s, e, k in d["regions"]],
+            regions=MemoryMap(MemRegion(Range(int(s), int(e)), str(k))
+                              for s, e, k in d["regions"]),
             seed=int(d["seed"]),
             collide=float(d["collide"]),
             source_limit=None if d["source_limit"] is None else int(d["source_limit"]),
@@ -163,7 +155,7 @@ class ModelConfig:
         )
 
 
-def regions_from_root(root: Path) -> tuple[list[MemRegion], str] | None:
+def regions_from_root(root: Path) -> tuple[MemoryMap, str] | None:
     """The memory map under ``root`` and a description of where it came
     from, or None when ``root`` has neither /proc/iomem nor
     /sys/firmware/memmap, or they cannot be read (an unprivileged reader
@@ -174,7 +166,7 @@ def regions_from_root(root: Path) -> tuple[list[MemRegion], str] | None:
         regions = procfs.memory_map(root)
     except ProcfsError:
         return None
-    if not ram_ranges(regions):
+    if not regions.system_ram():
         return None
     where = root / ("sys/firmware/memmap" if (root / "sys/firmware/memmap").exists()
                     else "proc/iomem")

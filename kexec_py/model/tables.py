@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import mmap
 import re
+from abc import abstractmethod
 from array import array
 from collections import deque
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
@@ -79,7 +80,41 @@ def _zeroed(nbytes: int) -> mmap.mmap:
     return mmap.mmap(-1, max(nbytes, 8))
 
 
-class Owners(MutableMapping[int, int]):
+class _Table(MutableMapping[int, int]):
+    """A per-page table whose ``items()`` and ``values()`` walk its arrays
+    (:meth:`_iter_items`, :meth:`_iter_values`) instead of looking every
+    key up."""
+
+    __slots__ = ()
+
+    def items(self) -> ItemsView[int, int]:
+        return _Items(self)
+
+    def values(self) -> ValuesView[int]:
+        return _Values(self)
+
+    @abstractmethod
+    def _iter_items(self) -> Iterator[tuple[int, int]]: ...
+
+    def _iter_values(self) -> Iterator[int]:
+        return (v for _, v in self._iter_items())
+
+
+class _Items(ItemsView[int, int]):
+    _mapping: _Table
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return self._mapping._iter_items()
+
+
+class _Values(ValuesView[int]):
+    _mapping: _Table
+
+    def __iter__(self) -> Iterator[int]:
+        return self._mapping._iter_values()
+
+
+class Owners(_Table):
     """Who holds each page of the pool: ``owner[pfn]`` is 0 (the running
     kernel), -1 (a kernel frozen by a kexec jump) or an image id; free pages
     are not in the mapping.  Keys are ``0 <= pfn < npfn``.
@@ -167,12 +202,6 @@ class Owners(MutableMapping[int, int]):
         for m in _NONZERO.finditer(self.codes):
             yield from range(m.start(), m.end())
 
-    def items(self) -> ItemsView[int, int]:
-        return _OwnerItems(self)
-
-    def values(self) -> ValuesView[int]:
-        return _OwnerValues(self)
-
     def runs(self) -> Iterator[tuple[int, int]]:
         """``[start, end)`` of every run of held pages, in address order."""
         for m in _NONZERO.finditer(self.codes):
@@ -253,21 +282,7 @@ class Owners(MutableMapping[int, int]):
         return new
 
 
-class _OwnerItems(ItemsView[int, int]):
-    _mapping: Owners
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return self._mapping._iter_items()
-
-
-class _OwnerValues(ValuesView[int]):
-    _mapping: Owners
-
-    def __iter__(self) -> Iterator[int]:
-        return (o for _, o in self._mapping._iter_items())
-
-
-class PageTable(MutableMapping[int, int]):
+class PageTable(_Table):
     """An image's map dst pfn -> src pfn (see the module docstring).
 
     Accessible attributes, for the allocator: ``ldst``, ``lsrc`` (the log,
@@ -405,17 +420,15 @@ class PageTable(MutableMapping[int, int]):
         live = self._live()
         return iter(self.ldst) if live is None else compress(self.ldst, live)
 
-    def items(self) -> ItemsView[int, int]:
-        return _MapItems(self)
-
-    def values(self) -> ValuesView[int]:
-        return _MapValues(self)
-
     def _iter_items(self) -> Iterator[tuple[int, int]]:
         live = self._live()
         if live is None:
             return zip(self.ldst, self.lsrc, strict=True)
         return zip(compress(self.ldst, live), compress(self.lsrc, live), strict=True)
+
+    def _iter_values(self) -> Iterator[int]:
+        live = self._live()
+        return iter(self.lsrc) if live is None else compress(self.lsrc, live)
 
     def check(self) -> list[str]:
         """What is inconsistent in the table, in words (tests)."""
@@ -495,22 +508,6 @@ class PageTable(MutableMapping[int, int]):
         if bad:
             raise ValueError(f"inconsistent map: {bad[0]}")
         return new
-
-
-class _MapItems(ItemsView[int, int]):
-    _mapping: PageTable
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return self._mapping._iter_items()
-
-
-class _MapValues(ValuesView[int]):
-    _mapping: PageTable
-
-    def __iter__(self) -> Iterator[int]:
-        live = self._mapping._live()
-        lsrc = self._mapping.lsrc
-        return iter(lsrc) if live is None else compress(lsrc, live)
 
 
 class RevView(Mapping[int, int]):

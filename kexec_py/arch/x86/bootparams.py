@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from kexec_py.formats.bzimage import FIELDS, HEADER_START, Field, read_field, write_field
-from kexec_py.ranges import MemRegion, align_up
+from kexec_py.memmap import Kind, MemRegion
+from kexec_py.ranges import align_up
 from kexec_py.segments import Buffer
 
 BOOT_PARAMS_SIZE = 4096
@@ -127,16 +128,16 @@ E820_MAX_ZEROPAGE = 128
 E820_RAM, E820_RESERVED, E820_ACPI, E820_NVS, E820_UNUSABLE = 1, 2, 3, 4, 5
 E820_PMEM, E820_PRAM, E820_SOFT_RESERVED = 7, 12, 0xEFFFFFFF
 E820_TYPES: dict[str, int] = {
-    "System RAM": E820_RAM,
-    "Crash kernel": E820_RAM,  # RAM to the new kernel; only placement avoids it
-    "Reserved": E820_RESERVED,
-    "reserved": E820_RESERVED,
-    "ACPI Tables": E820_ACPI,
-    "ACPI Non-volatile Storage": E820_NVS,
-    "Unusable memory": E820_UNUSABLE,
-    "Persistent Memory": E820_PMEM,
-    "Persistent Memory (legacy)": E820_PRAM,
-    "Soft Reserved": E820_SOFT_RESERVED,
+    Kind.SYSTEM_RAM: E820_RAM,
+    Kind.CRASH_KERNEL: E820_RAM,  # RAM to the new kernel; only placement avoids it
+    Kind.RESERVED: E820_RESERVED,
+    Kind.RESERVED_LOWER_CASE: E820_RESERVED,
+    Kind.ACPI_TABLES: E820_ACPI,
+    Kind.ACPI_NVS: E820_NVS,
+    Kind.UNUSABLE: E820_UNUSABLE,
+    Kind.PERSISTENT_MEMORY: E820_PMEM,
+    Kind.PERSISTENT_MEMORY_LEGACY: E820_PRAM,
+    Kind.SOFT_RESERVED: E820_SOFT_RESERVED,
 }
 
 E820Entry = tuple[int, int, int]

@@ -35,28 +35,13 @@ from kexec_py.arch.x86.entry import build as build_stub
 from kexec_py.boundary.abi import PAGE_SIZE
 from kexec_py.errors import FormatError, PlanError
 from kexec_py.formats.bzimage import STARTUP_64, BzImage, version_str
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.memmap import MemRegion
 from kexec_py.segments import Buffer, Layout, Segment, page_align_up
 
 #: where kexec-tools puts things: lower bounds of the holes
 SETUP_MIN = 0x3000
 KERNEL_MIN = 0x100000
 INITRD_BASE = 0x1000000
-
-
-def placement_ram(memmap: Sequence[MemRegion]) -> list[Range]:
-    """Where the segments of a normal load may go: System RAM, the crash
-    kernel region included.  kexec-tools places there too (it reads RAM from
-    /sys/firmware/memmap, or top-level /proc/iomem, which both contain it):
-    destination pages are only written at the jump, when the reservation no
-    longer matters."""
-    return [r.range for r in memmap if r.is_ram or r.kind == "Crash kernel"]
-
-
-def ram_bytes(memmap: Sequence[MemRegion]) -> int:
-    """RAM the running kernel counts for kexec_load's half-of-RAM rule
-    (``totalram_pages()``): System RAM without the crash reservation."""
-    return sum(r.range.size for r in memmap if r.is_ram)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kexec_py.boundary.procfs import PageMap
-from kexec_py.ranges import MemRegion
+from kexec_py.memmap import MemoryMap
 from kexec_py.segments import Segment
 
 
@@ -86,7 +86,7 @@ class Backend(Protocol):
 
     def status(self) -> Status: ...
 
-    def memory_map(self) -> list[MemRegion]: ...
+    def memory_map(self) -> MemoryMap: ...
 
     def total_ram(self) -> int | None:
         """The RAM the kernel counts (``totalram_pages()``, what the

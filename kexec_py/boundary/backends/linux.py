@@ -23,7 +23,7 @@ from kexec_py.boundary import abi, procfs, syscall
 from kexec_py.boundary.backends import ExecReport, Status, has_cap_sys_boot
 from kexec_py.boundary.procfs import PageMap
 from kexec_py.errors import KexecError, SyscallError, UnsupportedError
-from kexec_py.ranges import MemRegion
+from kexec_py.memmap import MemoryMap
 from kexec_py.segments import Segment
 
 #: a flag bit no kernel defines: kexec_load answers EINVAL (present) or
@@ -171,7 +171,7 @@ class LinuxBackend:
                                "'resume' and staged loads fail with ENOSYS")
         return st
 
-    def memory_map(self) -> list[MemRegion]:
+    def memory_map(self) -> MemoryMap:
         return procfs.memory_map(self.root)
 
     def image_loaded(self, crash: bool) -> bool | None:

@@ -39,6 +39,7 @@ from kexec_py.boundary.backends import ExecReport, Status, has_cap_sys_boot
 from kexec_py.boundary.procfs import PageMap
 from kexec_py.boundary.syscall import hint_for
 from kexec_py.errors import KexecError, SyscallError, UnsupportedError
+from kexec_py.memmap import MemoryMap
 from kexec_py.model.config import ModelConfig, config_for_root
 from kexec_py.model.kernel import (
     FLAVOURS,
@@ -50,7 +51,7 @@ from kexec_py.model.kernel import (
 )
 from kexec_py.model.physmem import PhysMem
 from kexec_py.model.store import RESET_HINT, StateDir, dump_kernel, load_kernel
-from kexec_py.ranges import MemRegion, Range
+from kexec_py.ranges import Range
 from kexec_py.segments import Segment
 
 DEFAULT_CMDLINE = "console=ttyS0 root=/dev/vda ro"
@@ -413,7 +414,7 @@ class ModelBackend:
             fileload.probe(kv.data)
             if not flags & abi.KEXEC_FILE_NO_INITRAMFS:
                 iv = fileload.FileView(initrd_fd, "initrd")
-            region = kw.config.crash_region()
+            region = kw.config.regions.crash_region()
             if crash and region is None:
                 raise KernelErr(errno.EADDRNOTAVAIL, "no crash region is reserved "
                                                      "(crashkernel=)")
@@ -468,7 +469,7 @@ class ModelBackend:
         k = self._kernel()
         lvl = k.level
         _, cap, disabled, reasons = self._perm()
-        region = k.config.crash_region()
+        region = k.config.regions.crash_region()
         st = Status(
             backend=self.name,
             kernel=f"model:{k.flavour}",
@@ -504,8 +505,8 @@ class ModelBackend:
             text += f" (exec with nothing loaded returns to {k.levels[-2].name})"
         return text
 
-    def memory_map(self) -> list[MemRegion]:
-        return list(self._kernel().config.regions)
+    def memory_map(self) -> MemoryMap:
+        return self._kernel().config.regions
 
     def image_loaded(self, crash: bool) -> bool | None:
         st = self.status()
@@ -586,7 +587,7 @@ class ModelBackend:
 
     def ram(self) -> list[Range]:
         """Physical memory that holds bytes: System RAM and the crash region."""
-        return self._kernel().config.ram_runs()
+        return self._kernel().config.regions.loadable_ram()
 
     def read_phys(self, addr: int, size: int) -> bytes:
         return self._kernel().mem.read(addr, size)
@@ -673,7 +674,7 @@ class ModelBackend:
                     yield addr - r.start, data
             return chunks
 
-        loads = [CoreLoad(r.start, r.size, reader(r)) for r in k.config.ram_runs()]
+        loads = [CoreLoad(r.start, r.size, reader(r)) for r in k.config.regions.loadable_ram()]
         desc = {"kernel": k.flavour, "running": self.running(),
                 "last_jump": k.last_jump.to_json() if k.last_jump is not None else None}
         stats = write_core(dest, loads, [(MODEL_NOTE[0], MODEL_NOTE[1],
@@ -681,4 +682,4 @@ class ModelBackend:
         return {"file": str(dest) if isinstance(dest, (str, Path)) else None,
                 "loads": stats.loads, "file_size": stats.file_size,
                 "data_bytes": stats.data_bytes,
-                "ram": [[r.start, r.end] for r in k.config.ram_runs()]}
+                "ram": [[r.start, r.end] for r in k.config.regions.loadable_ram()]}
