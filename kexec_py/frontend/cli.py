@@ -140,7 +140,7 @@ def cli(ctx: click.Context, backend: str, root: Path, as_json: bool, verbose: in
 # --- status --------------------------------------------------------------------
 
 
-def _yn(x: bool | None) -> str:
+def _yes_no(x: bool | None) -> str:
     return "unknown" if x is None else ("yes" if x else "no")
 
 
@@ -160,15 +160,15 @@ def status(c: Ctx) -> None:
     lines = [
         ("backend", st.backend),
         ("kernel", st.kernel or "unknown"),
-        ("loaded", _yn(st.loaded)),
-        ("crash loaded", _yn(st.crash_loaded)),
+        ("loaded", _yes_no(st.loaded)),
+        ("crash loaded", _yes_no(st.crash_loaded)),
         ("crash size", hexint(st.crash_size)),
         ("kexec_load", st.kexec_load),
         ("kexec_file_load", st.kexec_file_load),
         ("staged load", "yes (/proc/kexec_pgmap)" if st.staged else "no"),
         ("lockdown", st.lockdown or "none"),
-        ("kexec_load_disabled", _yn(st.load_disabled)),
-        ("CAP_SYS_BOOT", _yn(st.cap_sys_boot)),
+        ("kexec_load_disabled", _yes_no(st.load_disabled)),
+        ("CAP_SYS_BOOT", _yes_no(st.cap_sys_boot)),
     ]
     for k, v in st.load_limits.items():
         lines.append((f"kexec_load_limit_{k}", "unlimited" if v < 0 else str(v)))
@@ -559,7 +559,7 @@ def model_reset(c: Ctx, memory: str | None, crashkernel: str | None, seed: int, 
     c.lock()
     hold()
     state = be.reset(cfg)
-    ram = sum(r.range.size for r in cfg.regions if r.is_ram)
+    ram = cfg.regions.ram_bytes()
     if c.json:
         emit_json({"reset": True, "state": str(state) if state else None,
                    "config": cfg.to_json()})

@@ -151,7 +151,7 @@ def _stage_table(con: Console, title: str, sp: staging.StagedPlan) -> None:
     con.print(t)
 
 
-def _kv(con: Console, title: str, rows: list[tuple[str, str]]) -> None:
+def _pairs(con: Console, title: str, rows: list[tuple[str, str]]) -> None:
     from rich.table import Table
 
     t = Table(title=title, title_justify="left", show_header=False)
@@ -185,7 +185,7 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
     ram_runs = be.ram()
     markers = _write_markers(be, rnd, "A", 96)
     inside = sum(1 for a in markers if a in WINDOW)
-    _kv(con, "the model machine (kernel A)", [
+    _pairs(con, "the model machine (kernel A)", [
         ("RAM", ", ".join(str(r) for r in ram_runs)),
         ("marker pages", f"{len(markers)} ({inside} inside the window {WINDOW}, "
                          f"{len(markers) - inside} outside)"),
@@ -211,7 +211,7 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
     img_a = be.image("kexec")
     assert img_a is not None
     a_kexec_pages = set(img_a.pages) | set(img_a.control) | set(img_a.unusable)
-    _kv(con, "the backup map (from /proc/kexec_pgmap before KS_final)", [
+    _pairs(con, "the backup map (from /proc/kexec_pgmap before KS_final)", [
         ("destination pages", f"{hl.layout.dest_pages} (the window's RAM"
                               + (" and the low memory)" if hl.layout.low else ")")),
         ("page map entries", f"{len(pm)} moved to a backup page, "
@@ -236,7 +236,7 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
     rec = be.last_jump
     assert rec is not None
     cmdline = be.cmdline()
-    _kv(con, "the jump", [("what", f"{rec.what} to {rec.entry:#x}: {rec.pages} pages swapped"),
+    _pairs(con, "the jump", [("what", f"{rec.what} to {rec.entry:#x}: {rec.pages} pages swapped"),
                           ("B's /proc/cmdline", cmdline)])
 
     # --- 4. B's view of A ------------------------------------------------------------------
@@ -274,7 +274,7 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
         saved = save_image(view, out, jump_back=jump_back_entry(cmdline),
                                      progress=bar.bytes)
     res.image = out
-    _kv(con, "the image", [
+    _pairs(con, "the image", [
         ("file", f"{out} ({saved.file_size:#x} bytes, {saved.data_bytes:#x} of them data)"),
         ("PT_LOADs", f"{saved.loads} (pages that read as zero left out: "
                      f"{saved.zero_pages_left_out})"),
@@ -288,7 +288,7 @@ def run(con: Console, workdir: Path, *, seed: int = 1, ram: int = 128 * MIB) -> 
     con.print(Rule("6. a fresh kernel C boots"))
     be.reset()
     c_marks = _write_markers(be, random.Random(seed + 1), "C", 48, prefer=markers)
-    _kv(con, "kernel C", [("running", be.running()["text"]),
+    _pairs(con, "kernel C", [("running", be.running()["text"]),
                           ("C's own pages", f"{len(c_marks)} written (some where A had data)")])
 
     # --- 7. resume ---------------------------------------------------------------------------

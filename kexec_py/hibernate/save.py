@@ -32,7 +32,7 @@ from kexec_py.formats.vmcore import (
     read_phdrs,
 )
 
-__all__ = ["CoreLayout", "FileSource", "SaveResult", "Source", "read_layout", "save_image"]
+__all__ = ["CoreParts", "FileSource", "SaveResult", "Source", "read_core_parts", "save_image"]
 
 
 class Source(Protocol):
@@ -78,7 +78,7 @@ class FileSource:
 
 
 @dataclass
-class CoreLayout:
+class CoreParts:
     """The parts of a core that save-image copies: its header, notes and
     PT_LOADs as ``(paddr, offset, filesz, memsz)``."""
 
@@ -92,7 +92,7 @@ class CoreLayout:
         return sum(f for _, _, f, _ in self.loads)
 
 
-def read_layout(src: Source) -> CoreLayout:
+def read_core_parts(src: Source) -> CoreParts:
     """Header, notes and PT_LOAD table of the core in ``src``."""
     first = src.read(0, ELF64LE.ehdr.size)
     if len(first) < layout(ELFCLASS32, True).ehdr.size or first[:4] != ELFMAG:
@@ -123,7 +123,7 @@ def read_layout(src: Source) -> CoreLayout:
                                   "beyond the end of the file", "the core is truncated")
             loads.append((cols.paddr[i], cols.offset[i], cols.filesz[i], cols.memsz[i]))
     notes = parse_notes(bytes(notes_raw), h.little, src.name)
-    return CoreLayout(h, notes, bytes(notes_raw), loads)
+    return CoreParts(h, notes, bytes(notes_raw), loads)
 
 
 # --- save-image ---------------------------------------------------------------------
@@ -199,8 +199,8 @@ def save_image(src: Source, out: Path, *, jump_back: int | None,
     """
     from kexec_py.formats.corewriter import CoreLoad, write_core
 
-    layout = read_layout(src)
-    total = layout.data_bytes
+    parts = read_core_parts(src)
+    total = parts.data_bytes
     tick_done = [0]
 
     def ticker(phase: str, of: int) -> Callable[[int], None]:
@@ -213,10 +213,10 @@ def save_image(src: Source, out: Path, *, jump_back: int | None,
     pieces: list[tuple[int, int, int, int]] = []  # paddr, src offset, filesz, memsz
     zero_pages = 0
     if keep_zero_pages:
-        pieces = list(layout.loads)
+        pieces = list(parts.loads)
     else:
         tick = ticker("scan", total)
-        for paddr, off, filesz, memsz in layout.loads:
+        for paddr, off, filesz, memsz in parts.loads:
             kept = 0
             for start, length in _nonzero_runs(src, paddr, off, filesz, chunk, tick):
                 pieces.append((paddr + start, off + start, length, length))
@@ -240,10 +240,10 @@ def save_image(src: Source, out: Path, *, jump_back: int | None,
     loads = [CoreLoad(paddr, memsz, chunks_of(off, filesz), filesz=filesz)
              for paddr, off, filesz, memsz in pieces]
     notes: list[tuple[bytes | str, int, bytes]] = [(n.name, n.type, n.desc)
-                                                   for n in layout.notes
+                                                   for n in parts.notes
                                                    if n.name != KEXEC_PY_NOTE]
     if jump_back is not None:
         notes.append((KEXEC_PY_NOTE, NT_KEXEC_PY_JUMP_BACK, struct.pack("<Q", jump_back)))
-    stats = write_core(out, loads, notes, machine=layout.elf.machine)
+    stats = write_core(out, loads, notes, machine=parts.elf.machine)
     return SaveResult(str(out), stats.file_size, stats.data_bytes, stats.loads,
-                      len(layout.loads), zero_pages, jump_back)
+                      len(parts.loads), zero_pages, jump_back)

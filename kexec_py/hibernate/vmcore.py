@@ -24,27 +24,19 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kexec_py.boundary.abi import PAGE_SIZE
 from kexec_py.boundary.backends import Backend
 from kexec_py.errors import FormatError, KexecError, UnsupportedError
 from kexec_py.formats.elfstruct import ELF64LE, PT_LOAD, PT_NOTE
 from kexec_py.formats.notes import kept_size
 from kexec_py.formats.vmcore import parse_header, read_phdrs
 from kexec_py.hibernate import window
+from kexec_py.segments import page_align_down, page_align_up
 
 __all__ = ["PhysReader", "VmcoreView", "jump_back_entry", "backend_vmcore",
            "vmcore_view"]
 
 #: a reader of physical memory: ``read(addr, size) -> bytes``
 PhysReader = Callable[[int, int], bytes]
-
-
-def _up(x: int) -> int:
-    return (x + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-
-
-def _down(x: int) -> int:
-    return x & ~(PAGE_SIZE - 1)
 
 
 @dataclass
@@ -83,8 +75,8 @@ class VmcoreView:
             else:
                 others.append(i)
         phnum = len(others) + 1
-        elfsz = _up(h.phoff + phnum * h.phentsize)
-        notes_sz = _up(len(notes))
+        elfsz = page_align_up(h.phoff + phnum * h.phentsize)
+        notes_sz = page_align_up(len(notes))
         out = bytearray(elfsz)
         out[:h.phoff] = head[:h.phoff]
         lay.ehdr.put(out, "e_phnum", phnum)
@@ -98,7 +90,7 @@ class VmcoreView:
             raw_ph = bytearray(head[h.phoff + i * h.phentsize:h.phoff + (i + 1) * h.phentsize])
             if cols.type[i] == PT_LOAD:
                 p = cols.offset[i]
-                start, end = _down(p), _up(p + cols.memsz[i])
+                start, end = page_align_down(p), page_align_up(p + cols.memsz[i])
                 self.chunks.append(_Chunk(off, end - start, start))
                 lay.phdr.put(raw_ph, "p_offset", off + (p - start))
                 off += end - start
