@@ -156,3 +156,9 @@ def find_hole(free: Sequence[Range], size: int, align: int = PAGE_SIZE, lo: int 
             if s + size <= end:
                 return s
     return None
+
+
+def describe(ranges: Sequence[Range], limit: int = 3) -> str:
+    """The first ``limit`` ranges as text, and how many more there are."""
+    shown = ", ".join(str(r) for r in ranges[:limit])
+    return shown + (f" and {len(ranges) - limit} more" if len(ranges) > limit else "")

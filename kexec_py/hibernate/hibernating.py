@@ -11,7 +11,6 @@ map is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +24,10 @@ from kexec_py.load.execute import open_inputs
 from kexec_py.load.kernel import kexec_load_flags, placement_window, plan_kernel
 from kexec_py.load.request import LoadRequest
 from kexec_py.load.staging import Parameter, StagedPlan, call_budget, plan_load
-from kexec_py.ranges import Range, merge
+from kexec_py.ranges import Range, describe, merge
 from kexec_py.segments import Segment, fill_window
 
-__all__ = ["HibernateLoad", "describe", "note_areas", "plan_hibernate_load"]
+__all__ = ["HibernateLoad", "note_areas", "plan_hibernate_load"]
 
 
 # --- note areas of the running kernel (for the elfcorehdr's PT_NOTEs) -------------------
@@ -144,8 +143,3 @@ def plan_hibernate_load(backend: Backend, req: LoadRequest, *, staged: str = "au
             "headers, which /proc/vmcore cannot read; the real count is checked before "
             "KS_final (a smaller window always fits)")
     return HibernateLoad(sp, layout, cmdline, sp.plan.notes)
-
-
-def describe(ranges: Sequence[Range], limit: int = 3) -> str:
-    shown = ", ".join(str(r) for r in ranges[:limit])
-    return shown + (f" and {len(ranges) - limit} more" if len(ranges) > limit else "")

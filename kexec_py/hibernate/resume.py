@@ -11,10 +11,10 @@ from kexec_py.boundary.abi import KEXEC_SEGMENT_MAX
 from kexec_py.boundary.backends import Backend
 from kexec_py.errors import FormatError, PlanError
 from kexec_py.formats.vmcore import CoreImage
-from kexec_py.hibernate.hibernating import describe
 from kexec_py.load.kernel import kexec_load_flags
 from kexec_py.load.staging import StagedPlan, call_budget, plan_load
 from kexec_py.memmap import MemoryMap, MemRegion
+from kexec_py.ranges import describe
 from kexec_py.segments import Segment
 
 __all__ = ["check_image_in_ram", "plan_resume"]

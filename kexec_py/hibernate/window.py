@@ -443,7 +443,7 @@ def find_param(cmdline: str, name: str) -> str | None:
     return found
 
 
-def _k(x: int) -> str:
+def _kib(x: int) -> str:
     return f"{x >> 10}K"
 
 
@@ -457,11 +457,11 @@ def confine_cmdline(memmap: Sequence[MemRegion], usable: Sequence[Range]) -> lis
     for r in merge(usable):
         lo, hi = (r.start + 1023) & ~1023, r.end & ~1023
         if lo < hi:
-            out.append(f"memmap={_k(hi - lo)}@{_k(lo)}")
+            out.append(f"memmap={_kib(hi - lo)}@{_kib(lo)}")
     for m in memmap:
         if m.kind in (Kind.ACPI_TABLES, Kind.ACPI_NVS):
             lo, hi = m.start & ~1023, (m.end + 1023) & ~1023
-            out.append(f"memmap={_k(hi - lo)}#{_k(lo)}")
+            out.append(f"memmap={_kib(hi - lo)}#{_kib(lo)}")
     return out
 
 

@@ -120,7 +120,8 @@ class KernelErr(Exception):
 Run = tuple[Iterable[int], "memoryview | None", int, int]
 
 
-def _q(values: Any = ()) -> array[int]:
+def _u64s(values: Any = ()) -> array[int]:
+    """An array of unsigned 64-bit integers (the page tables' columns)."""
     return array("Q", values)
 
 
@@ -146,17 +147,17 @@ class Image:
     preserve_context: bool = False
     stage: Stage = Stage.FULL
     calls: int = 0
-    seg_mem: array[int] = field(default_factory=_q)
-    seg_memsz: array[int] = field(default_factory=_q)
-    seg_bufsz: array[int] = field(default_factory=_q)
-    seg_call: array[int] = field(default_factory=_q)
+    seg_mem: array[int] = field(default_factory=_u64s)
+    seg_memsz: array[int] = field(default_factory=_u64s)
+    seg_bufsz: array[int] = field(default_factory=_u64s)
+    seg_call: array[int] = field(default_factory=_u64s)
     map: PageTable = field(default_factory=PageTable)
-    pages: array[int] = field(default_factory=_q)
-    unusable: array[int] = field(default_factory=_q)
-    control: array[int] = field(default_factory=_q)
-    ind: array[int] = field(default_factory=_q)
-    reloc_dst: array[int] = field(default_factory=_q)
-    reloc_src: array[int] = field(default_factory=_q)
+    pages: array[int] = field(default_factory=_u64s)
+    unusable: array[int] = field(default_factory=_u64s)
+    control: array[int] = field(default_factory=_u64s)
+    ind: array[int] = field(default_factory=_u64s)
+    reloc_dst: array[int] = field(default_factory=_u64s)
+    reloc_src: array[int] = field(default_factory=_u64s)
     file: dict[str, Any] | None = None
 
     @property
@@ -216,9 +217,9 @@ class JumpRecord:
     kind: str
     from_kernel: str
     to_kernel: str
-    seg_mem: array[int] = field(default_factory=_q)
-    seg_memsz: array[int] = field(default_factory=_q)
-    seg_bufsz: array[int] = field(default_factory=_q)
+    seg_mem: array[int] = field(default_factory=_u64s)
+    seg_memsz: array[int] = field(default_factory=_u64s)
+    seg_bufsz: array[int] = field(default_factory=_u64s)
     cmdline: str | None = None
     boot_params: int | None = None
     jump_back_entry: int | None = None
@@ -800,7 +801,7 @@ class ModelKernel:
             return
         for arr in (img.pages, img.unusable, img.control):  # ind pages are in pages
             self._release(arr)
-        img.pages, img.unusable, img.control, img.ind = _q(), _q(), _q(), _q()
+        img.pages, img.unusable, img.control, img.ind = _u64s(), _u64s(), _u64s(), _u64s()
         img.map = PageTable()
 
     # --- finishing: control pages and the relocation list ----------------------------------
@@ -922,7 +923,8 @@ class ModelKernel:
         name = f"image@{img.entry:#x}"
         rec = JumpRecord(
             "jump" if img.preserve_context else "exec", img.entry, img.preserve_context,
-            img.kind, lvl.name, name, _q(img.seg_mem), _q(img.seg_memsz), _q(img.seg_bufsz),
+            img.kind, lvl.name, name, _u64s(img.seg_mem), _u64s(img.seg_memsz),
+            _u64s(img.seg_bufsz),
             cmd, bp, (img.control[0] << PAGE_SHIFT) if img.preserve_context and img.control
             else None, moved, self.mem.lost_bytes - lost0)
         owner = lvl.owner.frozen() if img.preserve_context else Owners(self.npfn)
