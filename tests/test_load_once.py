@@ -65,3 +65,21 @@ def test_compat_load_maps_and_identifies_the_kernel_once(
     monkeypatch.setenv("KEXEC_PY_MODEL_STATE", str(tmp_path / "m"))
     assert compat_main(["-l", "-c", str(kernel)]) == 0
     assert counts == {"mmap": 1, "kind": 1}
+
+
+@pytest.mark.parametrize("args", [
+    ["--staged=always"],
+    ["--staged=always", "--load-preserve-context", "--mem-min", "0x10000000",
+     "--mem-max", "0x17ffffff"],
+])
+def test_a_staged_plan_outlives_the_opening_of_its_files(tmp_path: Path, kernel: Path,
+                                                         args: list[str]) -> None:
+    """The staged planners return segments after the files are closed: the
+    initrd's segment is the whole mapping, which must still be there when
+    the calls are made (the QEMU hibernation test caught a released one)."""
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(bytes(range(256)) * 64)
+    r = CliRunner().invoke(cli, ["--backend", "model", "--model-state", str(tmp_path / "m"),
+                                 "--json", "load", *args, "--initrd", str(initrd),
+                                 str(kernel)])
+    assert r.exit_code == 0, (r.output, r.exception)

@@ -80,6 +80,17 @@ def _pre_our_code(rc: int, sig: int, err: str) -> bool:
     return False
 
 
+def _ignored_before_our_code(sig: int, err: str) -> bool:
+    """A SIGINT that arrived before kexec_py._start blocked it (interpreter
+    start-up, site, the import of the package) while an import lock's
+    weakref callback ran: CPython raised KeyboardInterrupt there, printed
+    "Exception ignored" and carried on.  No kexec_py frame is on that
+    stack, and no handler of ours existed yet (ours raise Signalled)."""
+    return (sig == signal.SIGINT and err.startswith("Exception ignored in: ")
+            and err.rstrip().endswith("KeyboardInterrupt:") and "/kexec_py/" not in err
+            and err.count("Traceback") == 1)
+
+
 def _interrupted(rc: int, sig: int, out: str, err: str) -> None:
     """The one-line report of an interrupted command, and nothing else."""
     assert rc == 128 + sig, (rc, err)
@@ -372,7 +383,14 @@ def test_random_signals_at_random_moments(tmp_path: Path, box: ModelBox,
         out, err = p.communicate(timeout=60)
         rc = p.returncode
         what = (c.name, NAMES[sig], f"{delay * 1000:.0f} ms", rc, out, err)
-        if rc == 0:
+        if rc == 0 and _ignored_before_our_code(sig, err):
+            # CPython's own start-up took the SIGINT in a callback whose
+            # exceptions it ignores, printed so, and went on; the command
+            # itself must then have run as if undisturbed
+            assert c.ok(out, ""), what
+            c.after(True)
+            outcomes["before kexec-py's code (ignored by CPython)"] += 1
+        elif rc == 0:
             assert c.ok(out, err) and "Traceback" not in err, what
             c.after(True)
             outcomes["finished"] += 1

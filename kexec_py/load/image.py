@@ -62,8 +62,9 @@ class InputFile:
         return self._mapped
 
     def close(self) -> None:
-        if self._mapped is not None:
-            self._mapped.close()
+        """Close the descriptor.  The mapping is not unmapped here: segment
+        buffers are slices of it (or all of it, an initrd's), and a plan
+        may outlive the files' opening; it goes when its last user does."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -93,7 +94,8 @@ class MappedFile:
         return image_kind(self.data)
 
     def close(self) -> None:
-        """Drop the mapping if no slice of it is still in use."""
+        """Unmap now, for a caller that is done with every buffer: a
+        mapping some slice still uses stays (it goes with its last user)."""
         try:
             self.data.release()
             self._mm.close()

@@ -504,8 +504,8 @@ def plan_kernel(marker, kernel="/boot/vmlinuz", initrd="/boot/stage2.cpio.gz"):
     from kexec_py.load import execute, request
 
     req = request.LoadRequest(kernel=Path(kernel), initrd=Path(initrd),
-                             cmdline=f"console=ttyS0 panic=-1 KEXEC_PY_MARKER={marker}",
-                             syscall="load")
+                              cmdline=f"console=ttyS0 panic=-1 KEXEC_PY_MARKER={marker}",
+                              syscall="load")
     plan = execute.plan_kexec_load(LinuxBackend(Path("/")), req)
     segs = {s.name: s for s in plan.calls[0].segments}
     info("plan: " + ", ".join(f"{s.name} {s.mem:#x}+{s.memsz:#x}" for s in segs.values()))
