@@ -69,12 +69,6 @@ class InputFile:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> InputFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class MappedFile:
     """A file mapped read-only.  ``data`` is a memoryview of the whole file;
@@ -84,7 +78,6 @@ class MappedFile:
     def __init__(self, path: Path, what: str, mm: mmap.mmap) -> None:
         self.path = path
         self.what = what
-        self._mm = mm
         self.data = memoryview(mm)
         self.size = len(self.data)
 
@@ -92,15 +85,6 @@ class MappedFile:
     def kind(self) -> str:
         """:func:`image_kind` of the file, sniffed once."""
         return image_kind(self.data)
-
-    def close(self) -> None:
-        """Unmap now, for a caller that is done with every buffer: a
-        mapping some slice still uses stays (it goes with its last user)."""
-        try:
-            self.data.release()
-            self._mm.close()
-        except BufferError:
-            pass  # a segment still points into it; it goes when the segment does
 
 
 def _map_fd(path: Path, what: str, fd: int) -> MappedFile:

@@ -51,11 +51,10 @@ class Status:
 
 @dataclass
 class ExecReport:
-    """What an exec did, told by a backend that returns to tell it: whether
-    it returned to the kernel that jumped, the lines for the operator, and
-    the JSON document."""
+    """What an exec did, told by a backend that returns to tell it: the
+    lines for the operator and the JSON document (whose ``returned`` says
+    whether it went back to the kernel that jumped)."""
 
-    returned: bool
     lines: list[str]
     document: dict[str, Any]
 

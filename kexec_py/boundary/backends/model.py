@@ -533,7 +533,7 @@ class ModelBackend:
                      f"{jump.entry:#x}; now running {now['name']}"]
         if jump.cmdline is not None and jump.what != "return":
             lines.append(f"model: its command line: {jump.cmdline}")
-        return ExecReport(jump.what == "return", lines,
+        return ExecReport(lines,
                           {"executed": True, "returned": jump.what == "return",
                            "model": jump.to_json(), "running": now["text"]})
 
